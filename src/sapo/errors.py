@@ -1,0 +1,24 @@
+"""Errors a user can fix. The CLI prints their message (never a traceback) and exits with status 2.
+
+Messages name the problem and the fix, e.g. ``"tau_pos must be > 0 (got 0.0): set
+actor_rollout_ref.actor.tau_pos to a positive number such as 1.0"``.
+"""
+
+from __future__ import annotations
+
+
+class UserError(ValueError):
+    """Bad input from the user: a config value, a file, a name. Subclass of ValueError so library callers
+    can catch it without importing this module."""
+
+
+class ConfigError(UserError):
+    """An invalid or unsupported configuration key or value."""
+
+
+class DataError(UserError):
+    """A dataset file or row that cannot be used."""
+
+
+class RewardError(UserError):
+    """A reward function that raised, returned a non-number or NaN, or timed out."""
