@@ -1,0 +1,130 @@
+"""Diagnostics of the importance ratio and of SAPO's soft gate, as plain-float metric dicts.
+
+Metric names (SAPO.md, verl where it has one):
+
+- ``actor/ratio_mean``, ``actor/ratio_min``, ``actor/ratio_max``, ``actor/ratio_p01``, ``actor/ratio_p99``:
+  the token ratio ``r = exp(log_prob - old_log_prob)`` over valid tokens;
+- ``actor/ppo_kl``: mean of ``-log r`` (the k1 estimate of KL(old || new), verl's);
+- ``actor/sapo/gate_weight_mean`` (and ``_pos`` / ``_neg`` over tokens with ``A > 0`` / ``A < 0``): mean of
+  the SAPO gradient weight ``w = 4 s (1 - s)``, ``s = sigmoid(tau (r - 1))`` (1 on-policy, -> 0 far off);
+- ``actor/sapo/soft_clip_frac``: fraction of valid tokens with ``w < 0.5`` (the soft analogue of clipfrac);
+- ``rollout_corr/kl``, ``rollout_corr/k3_kl``, ``rollout_corr/mean_abs_diff``, ``rollout_corr/max_abs_diff``:
+  mismatch between the rollout engine's and the trainer's log-probs of the same tokens.
+
+Combining micro-batches: every function returns *this call's* statistics (means over its own valid tokens).
+A subset mean with no tokens (e.g. ``_pos`` when no advantage is positive) is left out of the dict, not
+reported as 0. The trainer collects one dict per micro-batch and calls :func:`reduce_metrics`, which takes
+the min of ``*_min`` values, the max of ``*_max`` values and the mean of everything else over the
+micro-batches that reported the key (verl's convention; exact for min/max, equal to the mini-batch mean when
+micro-batches hold equal token counts, and the percentiles are averages of per-micro-batch percentiles).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import torch
+
+from sapo.core.masked import as_bool_mask
+
+# Keys reduced by min / max across micro-batches; every other key is averaged.
+MIN_REDUCED = ("actor/ratio_min",)
+MAX_REDUCED = ("actor/ratio_max", "rollout_corr/max_abs_diff")
+
+
+def sapo_gate_weight(ratio: torch.Tensor, advantages: torch.Tensor, tau_pos: float, tau_neg: float):
+    """SAPO's gradient weight ``4 s (1 - s)`` (= ``sech^2(tau (r - 1) / 2)``), ``tau`` picked by sign of A."""
+    tau = torch.where(advantages > 0, tau_pos, tau_neg).to(ratio.dtype)  # [B, T]
+    s = torch.sigmoid(tau * (ratio - 1.0))  # [B, T]
+    return 4.0 * s * (1.0 - s)  # [B, T]
+
+
+def _valid_values(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The masked-in entries as a flat float64 tensor (metrics are computed in float64 on detached data)."""
+    return values.detach()[as_bool_mask(mask)].to(torch.float64)  # [n_valid]
+
+
+def ratio_metrics(log_ratio: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
+    """Statistics of ``r = exp(log_ratio)`` over valid tokens, plus ``actor/ppo_kl`` = mean(-log_ratio).
+
+    Returns ``{}`` when no token is valid.
+    """
+    log_r = _valid_values(log_ratio, mask)  # [n]
+    if log_r.numel() == 0:
+        return {}
+    r = log_r.exp()
+    quantiles = torch.quantile(r, torch.tensor([0.01, 0.99], dtype=r.dtype)) if r.numel() > 1 else r.repeat(2)
+    return {
+        "actor/ratio_mean": float(r.mean()),
+        "actor/ratio_min": float(r.min()),
+        "actor/ratio_max": float(r.max()),
+        "actor/ratio_p01": float(quantiles[0]),
+        "actor/ratio_p99": float(quantiles[1]),
+        "actor/ppo_kl": float((-log_r).mean()),
+    }
+
+
+def sapo_gate_metrics(
+    ratio: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, *, tau_pos: float, tau_neg: float
+) -> dict[str, float]:
+    """``actor/sapo/*`` gate statistics over valid tokens (see module docstring)."""
+    mask = as_bool_mask(mask)
+    weight = _valid_values(sapo_gate_weight(ratio.detach(), advantages.detach(), tau_pos, tau_neg), mask)
+    if weight.numel() == 0:
+        return {}
+    adv = _valid_values(advantages, mask)  # [n]
+    metrics = {
+        "actor/sapo/gate_weight_mean": float(weight.mean()),
+        "actor/sapo/soft_clip_frac": float((weight < 0.5).to(torch.float64).mean()),
+    }
+    for suffix, selected in (("pos", adv > 0), ("neg", adv < 0)):
+        if bool(selected.any()):
+            metrics[f"actor/sapo/gate_weight_mean_{suffix}"] = float(weight[selected].mean())
+    return metrics
+
+
+def fraction(flags: torch.Tensor, mask: torch.Tensor) -> float:
+    """Fraction of valid tokens where ``flags`` is true (0.0 for no valid tokens)."""
+    values = _valid_values(flags, mask)
+    return float(values.mean()) if values.numel() else 0.0
+
+
+def rollout_mismatch_metrics(
+    rollout_log_prob: torch.Tensor, log_prob: torch.Tensor, mask: torch.Tensor
+) -> dict[str, float]:
+    """How far the rollout engine's log-probs are from the trainer's, for the same sampled tokens.
+
+    With ``d = rollout_log_prob - log_prob`` over valid tokens (tokens were sampled from the rollout policy):
+
+    - ``rollout_corr/kl``       = mean(d): the k1 estimate of KL(pi_rollout || pi_trainer);
+    - ``rollout_corr/k3_kl``    = mean(exp(-d) - 1 + d): the non-negative, low-variance k3 estimate of the
+      same KL (Schulman 2020, http://joschu.net/blog/kl-approx.html);
+    - ``rollout_corr/mean_abs_diff`` and ``rollout_corr/max_abs_diff`` of ``|d|``.
+    """
+    d = _valid_values(rollout_log_prob, mask) - _valid_values(log_prob, mask)  # [n]
+    if d.numel() == 0:
+        return {}
+    d = d.clamp(-20.0, 20.0)  # a -inf rollout log-prob must not turn the means into inf/nan
+    return {
+        "rollout_corr/kl": float(d.mean()),
+        "rollout_corr/k3_kl": float((torch.exp(-d) - 1.0 + d).mean()),
+        "rollout_corr/mean_abs_diff": float(d.abs().mean()),
+        "rollout_corr/max_abs_diff": float(d.abs().max()),
+    }
+
+
+def reduce_metrics(per_micro_batch: Iterable[dict[str, float]]) -> dict[str, float]:
+    """Combine the metric dicts of the micro-batches of a mini-batch (min / max / mean, see module doc)."""
+    collected: dict[str, list[float]] = {}
+    for metrics in per_micro_batch:
+        for key, value in metrics.items():
+            collected.setdefault(key, []).append(float(value))
+    reduced = {}
+    for key, values in collected.items():
+        if key in MIN_REDUCED:
+            reduced[key] = min(values)
+        elif key in MAX_REDUCED:
+            reduced[key] = max(values)
+        else:
+            reduced[key] = sum(values) / len(values)
+    return reduced
