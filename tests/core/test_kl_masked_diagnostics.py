@@ -150,3 +150,13 @@ def test_reduce_metrics_across_micro_batches():
             "actor/sapo/gate_weight_mean_neg": 0.8,
         }
     )
+
+
+def test_selection_quantile_matches_torch_quantile():
+    from sapo.core.diagnostics import quantile
+
+    gen = torch.Generator().manual_seed(0)
+    for n in (1, 2, 3, 101, 5000):
+        values = torch.randn(n, generator=gen, dtype=D)
+        for q in (0.0, 0.01, 0.5, 0.99, 1.0):
+            assert quantile(values, q) == pytest.approx(torch.quantile(values, q).item(), abs=1e-12)

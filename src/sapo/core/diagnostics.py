@@ -44,6 +44,16 @@ def _valid_values(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return values.detach()[as_bool_mask(mask)].to(torch.float64)  # [n_valid]
 
 
+def quantile(values: torch.Tensor, q: float) -> float:
+    """``torch.quantile(values, q)`` (linear interpolation) by selection instead of a full sort."""
+    position = q * (values.numel() - 1)
+    lower = int(position)
+    upper = min(lower + 1, values.numel() - 1)
+    low_value = float(torch.kthvalue(values, lower + 1).values)
+    high_value = float(torch.kthvalue(values, upper + 1).values) if upper != lower else low_value
+    return low_value + (position - lower) * (high_value - low_value)
+
+
 def ratio_metrics(log_ratio: torch.Tensor, mask: torch.Tensor) -> dict[str, float]:
     """Statistics of ``r = exp(log_ratio)`` over valid tokens, plus ``actor/ppo_kl`` = mean(-log_ratio).
 
@@ -53,13 +63,12 @@ def ratio_metrics(log_ratio: torch.Tensor, mask: torch.Tensor) -> dict[str, floa
     if log_r.numel() == 0:
         return {}
     r = log_r.exp()
-    quantiles = torch.quantile(r, torch.tensor([0.01, 0.99], dtype=r.dtype)) if r.numel() > 1 else r.repeat(2)
     return {
         "actor/ratio_mean": float(r.mean()),
         "actor/ratio_min": float(r.min()),
         "actor/ratio_max": float(r.max()),
-        "actor/ratio_p01": float(quantiles[0]),
-        "actor/ratio_p99": float(quantiles[1]),
+        "actor/ratio_p01": quantile(r, 0.01),
+        "actor/ratio_p99": quantile(r, 0.99),
         "actor/ppo_kl": float((-log_r).mean()),
     }
 
