@@ -40,17 +40,38 @@ def sapo_gate_weight(ratio: torch.Tensor, advantages: torch.Tensor, tau_pos: flo
 
 
 def _valid_values(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The masked-in entries as a flat float64 tensor (metrics are computed in float64 on detached data)."""
+    """The masked-in entries as a flat float64 tensor (one boolean gather; used where order matters)."""
     return values.detach()[as_bool_mask(mask)].to(torch.float64)  # [n_valid]
 
 
+def _mean_over(values: torch.Tensor, selected: torch.Tensor) -> float | None:
+    """Mean of ``values`` where ``selected`` (accumulated in float64), None when nothing is selected.
+
+    A where + sum instead of a boolean gather: the gather (nonzero + index) costs several times more.
+    """
+    count = int(selected.sum())
+    if count == 0:
+        return None
+    kept = torch.where(selected, values.detach(), torch.zeros((), dtype=values.dtype, device=values.device))
+    return float(kept.sum(dtype=torch.float64)) / count
+
+
 def quantile(values: torch.Tensor, q: float) -> float:
-    """``torch.quantile(values, q)`` (linear interpolation) by selection instead of a full sort."""
-    position = q * (values.numel() - 1)
+    """``torch.quantile(values, q)`` (linear interpolation) of a flat tensor, without a full sort.
+
+    The two order statistics around position ``q (n - 1)`` are read from a ``topk`` of the smaller tail,
+    which is cheap for the 1st / 99th percentiles.
+    """
+    n = values.numel()
+    position = q * (n - 1)
     lower = int(position)
-    upper = min(lower + 1, values.numel() - 1)
-    low_value = float(torch.kthvalue(values, lower + 1).values)
-    high_value = float(torch.kthvalue(values, upper + 1).values) if upper != lower else low_value
+    upper = min(lower + 1, n - 1)
+    if q <= 0.5:
+        smallest = torch.topk(values, upper + 1, largest=False).values  # ascending
+        low_value, high_value = float(smallest[lower]), float(smallest[upper])
+    else:
+        largest = torch.topk(values, n - lower, largest=True).values  # descending: j-th is rank n-1-j
+        low_value, high_value = float(largest[n - 1 - lower]), float(largest[n - 1 - upper])
     return low_value + (position - lower) * (high_value - low_value)
 
 
@@ -69,7 +90,7 @@ def ratio_metrics(log_ratio: torch.Tensor, mask: torch.Tensor) -> dict[str, floa
         "actor/ratio_max": float(r.max()),
         "actor/ratio_p01": quantile(r, 0.01),
         "actor/ratio_p99": quantile(r, 0.99),
-        "actor/ppo_kl": float((-log_r).mean()),
+        "actor/ppo_kl": float(-log_r.mean()),
     }
 
 
@@ -78,24 +99,27 @@ def sapo_gate_metrics(
 ) -> dict[str, float]:
     """``actor/sapo/*`` gate statistics over valid tokens (see module docstring)."""
     mask = as_bool_mask(mask)
-    weight = _valid_values(sapo_gate_weight(ratio.detach(), advantages.detach(), tau_pos, tau_neg), mask)
-    if weight.numel() == 0:
+    advantages = advantages.detach()
+    weight = sapo_gate_weight(ratio.detach(), advantages, tau_pos, tau_neg)  # [B, T]
+    mean_weight = _mean_over(weight, mask)
+    if mean_weight is None:
         return {}
-    adv = _valid_values(advantages, mask)  # [n]
     metrics = {
-        "actor/sapo/gate_weight_mean": float(weight.mean()),
-        "actor/sapo/soft_clip_frac": float((weight < 0.5).to(torch.float64).mean()),
+        "actor/sapo/gate_weight_mean": mean_weight,
+        "actor/sapo/soft_clip_frac": fraction(weight < 0.5, mask),
     }
-    for suffix, selected in (("pos", adv > 0), ("neg", adv < 0)):
-        if bool(selected.any()):
-            metrics[f"actor/sapo/gate_weight_mean_{suffix}"] = float(weight[selected].mean())
+    for suffix, selected in (("pos", advantages > 0), ("neg", advantages < 0)):
+        mean_selected = _mean_over(weight, selected & mask)
+        if mean_selected is not None:
+            metrics[f"actor/sapo/gate_weight_mean_{suffix}"] = mean_selected
     return metrics
 
 
 def fraction(flags: torch.Tensor, mask: torch.Tensor) -> float:
     """Fraction of valid tokens where ``flags`` is true (0.0 for no valid tokens)."""
-    values = _valid_values(flags, mask)
-    return float(values.mean()) if values.numel() else 0.0
+    mask = as_bool_mask(mask)
+    count = int(mask.sum())
+    return int((flags & mask).sum()) / count if count else 0.0
 
 
 def rollout_mismatch_metrics(
