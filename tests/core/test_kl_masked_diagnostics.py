@@ -40,6 +40,10 @@ def test_full_kl_over_the_vocabulary():
     log_p = torch.log(torch.tensor([[[0.5, 0.5]]], dtype=D))
     log_ref = torch.log(torch.tensor([[[0.25, 0.75]]], dtype=D))
     assert kl_penalty(log_p, log_ref, "full").item() == pytest.approx(0.1438410, abs=1e-7)
+    # a zero-probability entry (log p = -inf) contributes 0 log 0 = 0: p = [1, 0], p_ref = [0.5, 0.5] -> ln 2
+    certain = torch.log(torch.tensor([[[1.0, 0.0]]], dtype=D))
+    half = torch.log(torch.tensor([[[0.5, 0.5]]], dtype=D))
+    assert kl_penalty(certain, half, "full").item() == pytest.approx(math.log(2.0))
     with pytest.raises(ValueError, match=r"\[B, T, V\]"):
         kl_penalty(LOG_PROB, REF, "full")
 
@@ -61,6 +65,8 @@ def test_entropy_from_logits():
     # uniform over 2: ln 2; p = [0.25, 0.75]: -(0.25 ln 0.25 + 0.75 ln 0.75) = 0.5623351
     logits = torch.tensor([[0.0, 0.0], [0.0, math.log(3.0)]], dtype=D)
     assert entropy_from_logits(logits).tolist() == pytest.approx([math.log(2.0), 0.5623351], abs=1e-7)
+    masked_vocab = torch.tensor([[0.0, 0.0, -math.inf]], dtype=D)
+    assert entropy_from_logits(masked_vocab).item() == pytest.approx(math.log(2.0))
     assert entropy_from_logits(logits + 100.0).tolist() == pytest.approx([math.log(2.0), 0.5623351], abs=1e-7)
 
 

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import torch
 
-from sapo.core.masked import as_bool_mask, masked_count, masked_sum, masked_zero
+from sapo.core.masked import as_bool_mask, masked_count, masked_sum
 from sapo.errors import ConfigError
 
 LOSS_AGG_MODES: tuple[str, ...] = (
@@ -105,10 +105,3 @@ def aggregate_loss(
     if scale <= 0:
         raise ConfigError(f"loss_scale_factor must be > 0 (got {scale}): pass the max response length")
     return seq_sums.sum() / (n_seqs * float(scale))
-
-
-def token_mean_of(values: torch.Tensor, mask: torch.Tensor) -> float:
-    """Plain masked token mean of a metric tensor, as a Python float (0.0 for no tokens)."""
-    kept = masked_zero(values.detach(), mask)
-    count = int(masked_count(mask))
-    return float(kept.sum()) / count if count else 0.0

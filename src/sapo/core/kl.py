@@ -41,7 +41,10 @@ def kl_penalty(log_prob: torch.Tensor, ref_log_prob: torch.Tensor, kl_penalty: s
         if log_prob.dim() != 3:
             raise UserError("kl_penalty='full' needs log-prob vectors over the vocabulary, shape [B, T, V]")
         p = log_prob.exp()  # [B, T, V]
-        return (p * (log_prob - ref_log_prob)).sum(dim=-1)  # [B, T]
+        terms = torch.where(
+            p > 0, p * (log_prob - ref_log_prob), torch.zeros((), dtype=p.dtype)
+        )  # 0 log 0 = 0
+        return terms.sum(dim=-1)  # [B, T]
     d = log_prob - ref_log_prob  # [B, T]
     if kl_penalty in ("kl", "k1"):
         return d
@@ -90,6 +93,10 @@ class AdaptiveKLController:
 
 
 def entropy_from_logits(logits: torch.Tensor) -> torch.Tensor:
-    """Entropy of ``softmax(logits)`` over the last dim: ``logsumexp(z) - sum_v softmax(z)_v z_v``."""
+    """Entropy of ``softmax(logits)`` over the last dim: ``logsumexp(z) - sum_v softmax(z)_v z_v``.
+
+    Logits of -inf (masked vocabulary entries) contribute 0, not NaN.
+    """
     probs = torch.softmax(logits, dim=-1)  # [..., V]
-    return torch.logsumexp(logits, dim=-1) - (probs * logits).sum(dim=-1)  # [...]
+    weighted = torch.where(probs > 0, probs * logits, torch.zeros((), dtype=probs.dtype))  # -inf logits: 0
+    return torch.logsumexp(logits, dim=-1) - weighted.sum(dim=-1)  # [...]
