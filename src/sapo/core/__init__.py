@@ -17,7 +17,7 @@ from sapo.core.advantages import (
     get_advantage_estimator,
     register_advantage_estimator,
 )
-from sapo.core.aggregation import LOSS_AGG_MODES, aggregate_loss
+from sapo.core.aggregation import LOSS_AGG_MODES, aggregate_loss, num_valid_seqs
 from sapo.core.diagnostics import (
     ratio_metrics,
     reduce_metrics,
@@ -60,6 +60,7 @@ __all__ = [
     "masked_sum",
     "masked_var",
     "masked_whiten",
+    "num_valid_seqs",
     "policy_loss_kwargs",
     "policy_loss_numbers",
     "ratio_metrics",
