@@ -214,3 +214,21 @@ def test_register_a_user_loss():
         assert policy_loss_numbers("test_double_pg") == ("factor",)
     finally:
         del POLICY_LOSSES["test_double_pg"]
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 3e-2)])
+def test_every_loss_runs_in_lower_precision(dtype, tolerance):
+    gen = torch.Generator().manual_seed(3)
+    old = -torch.rand(4, 8, generator=gen, dtype=D) * 2
+    new = old + 0.2 * torch.randn(4, 8, generator=gen, dtype=D)
+    adv = torch.randn(4, 8, generator=gen, dtype=D)
+    mask = torch.arange(8).unsqueeze(0) < torch.tensor([[8], [3], [5], [1]])
+    numbers = {"clip_cov": {"clip_cov_lb": 1e9, "clip_cov_ub": 2e9}}  # no random token choice
+    for name in POLICY_LOSSES:
+        reference, _, _ = run(name, old, new, adv, mask, **numbers.get(name, {}))
+        low, metrics, grad = run(
+            name, old.to(dtype), new.to(dtype), adv.to(dtype), mask, **numbers.get(name, {})
+        )
+        assert grad.dtype == dtype, name
+        assert low == pytest.approx(reference, abs=tolerance * max(1.0, abs(reference))), name
+        assert all(math.isfinite(value) for value in metrics.values()), name
