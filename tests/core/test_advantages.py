@@ -151,3 +151,21 @@ def test_padding_never_gets_an_advantage():
             name, token_level_rewards=rewards, response_mask=mask, index=[0, 0]
         )
         assert advantages[~mask.bool()].abs().sum() == 0, name
+
+
+def test_group_of_one_gets_its_raw_score():
+    # row 0 is alone in its group (no baseline: mean 0, std 1); rows 1-2 form a group with scores [1, 0]
+    scores, index = [2.0, 1.0, 0.0], ["alone", "pair", "pair"]
+    assert first_column("grpo", scores, index)[0][0] == pytest.approx(2.0 / (1 + 1e-6))
+    assert first_column("grpo", scores, index, norm_adv_by_std_in_grpo=False)[0][0] == 2.0
+    assert first_column("rloo", scores, index)[0][0] == 2.0
+    assert first_column("opo", scores, index)[0][0] == 2.0
+    # gpg: alpha = 3 rows / 2 non-zero scores = 1.5 -> 1.5 * 2
+    assert first_column("gpg", scores, index)[0][0] == pytest.approx(3.0)
+    # reinforce_plus_plus_baseline: [2 | 0.5, -0.5] on each token before whitening over the batch
+    rewards, mask = outcome_rewards(scores, length=2)
+    advantages, _ = compute_advantages(
+        "reinforce_plus_plus_baseline", token_level_rewards=rewards, response_mask=mask, index=index
+    )
+    centred = torch.tensor([2.0, 2.0, 0.5, 0.5, -0.5, -0.5], dtype=D)
+    torch.testing.assert_close(advantages.flatten(), whiten_reference(centred))
