@@ -102,7 +102,9 @@ def _locate(config: Config, key: str) -> tuple[Any, str, Any, list[str]] | None:
         if part not in fields:
             return None
         tp = _hints(type(owner))[part]
-        if dataclasses.is_dataclass(tp) and i < len(parts) - 1:
+        if dataclasses.is_dataclass(tp):
+            if i == len(parts) - 1:
+                return None  # a section, not a key
             owner = getattr(owner, part)
             continue
         rest = parts[i + 1:]
@@ -218,6 +220,8 @@ def coerce(value: Any, tp: Any, *, is_text: bool = False) -> Any:
         return _coerce_union(value, args, is_text)
     if is_text and tp is not str:
         value = _parse_text(value)
+    if value is None:
+        raise ValueError(f"null is not allowed here (expected {getattr(tp, '__name__', tp)})")
     return _coerce_plain(value, tp)
 
 
