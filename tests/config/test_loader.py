@@ -21,17 +21,20 @@ def test_defaults_are_the_documented_ones():
 
 
 def test_typed_parsing_of_overrides():
-    config = load_config(None, [
-        "actor_rollout_ref.actor.optim.lr=3e-6",  # YAML 1.1 reads "3e-6" as text; the field says float
-        "data.train_batch_size=16",
-        "trainer.val_before_train=false",
-        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=null",
-        "trainer.logger=[console,tensorboard]",
-        "trainer.experiment_name=007",  # a str field keeps the text, leading zeros included
-        "data.train_files=/tmp/a.parquet",
-        "actor_rollout_ref.actor.optim.betas=[0.9,0.95]",
-        "+data.apply_chat_template_kwargs.enable_thinking=false",
-    ])
+    config = load_config(
+        None,
+        [
+            "actor_rollout_ref.actor.optim.lr=3e-6",  # YAML 1.1 reads "3e-6" as text; the field says float
+            "data.train_batch_size=16",
+            "trainer.val_before_train=false",
+            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=null",
+            "trainer.logger=[console,tensorboard]",
+            "trainer.experiment_name=007",  # a str field keeps the text, leading zeros included
+            "data.train_files=/tmp/a.parquet",
+            "actor_rollout_ref.actor.optim.betas=[0.9,0.95]",
+            "+data.apply_chat_template_kwargs.enable_thinking=false",
+        ],
+    )
     assert config.actor_rollout_ref.actor.optim.lr == 3e-6
     assert config.data.train_batch_size == 16
     assert config.trainer.val_before_train is False
@@ -46,8 +49,10 @@ def test_typed_parsing_of_overrides():
 
 def test_yaml_file_then_overrides_win(tmp_path):
     path = tmp_path / "run.yaml"
-    path.write_text("data:\n  train_batch_size: 32\n  max_response_length: 64\n"
-                    "actor_rollout_ref:\n  actor:\n    tau_neg: 1.2\n    optim:\n      lr: 2.0e-5\n")
+    path.write_text(
+        "data:\n  train_batch_size: 32\n  max_response_length: 64\n"
+        "actor_rollout_ref:\n  actor:\n    tau_neg: 1.2\n    optim:\n      lr: 2.0e-5\n"
+    )
     config = load_config(path, ["data.train_batch_size=64"])
     assert config.data.train_batch_size == 64  # override beats file
     assert config.data.max_response_length == 64  # from the file
@@ -57,9 +62,13 @@ def test_yaml_file_then_overrides_win(tmp_path):
 
 def test_unknown_keys_all_reported_with_close_matches():
     with pytest.raises(ConfigError) as err:
-        load_config(None, ["actor_rollout_ref.actor.tau_poss=1", "algoritm.gamma=1", "trainer.loger=[console]"])
+        load_config(
+            None, ["actor_rollout_ref.actor.tau_poss=1", "algoritm.gamma=1", "trainer.loger=[console]"]
+        )
     text = str(err.value)
-    assert "unknown key 'actor_rollout_ref.actor.tau_poss'" in text and "actor_rollout_ref.actor.tau_pos" in text
+    assert (
+        "unknown key 'actor_rollout_ref.actor.tau_poss'" in text and "actor_rollout_ref.actor.tau_pos" in text
+    )
     assert "unknown section 'algoritm' (did you mean 'algorithm'?)" in text
     assert "trainer.logger" in text
 
@@ -67,8 +76,11 @@ def test_unknown_keys_all_reported_with_close_matches():
 def test_unknown_key_in_yaml_file_names_the_file(tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text("trainer:\n  totl_epochs: 3\n")
-    with pytest.raises(ConfigError, match=r"unknown key 'trainer.totl_epochs' \(from file .*bad.yaml\).*"
-                                          r"trainer.total_epochs"):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown key 'trainer.totl_epochs' \(from file .*bad.yaml\).*"
+        r"trainer.total_epochs",
+    ):
         load_config(path)
 
 
@@ -86,11 +98,20 @@ def test_bad_values_and_syntax_are_errors():
 
 
 def test_ignored_keys_are_reported_and_algorithm_changing_values_are_not_ignored():
-    config = load_config(None, ["actor_rollout_ref.rollout.tensor_model_parallel_size=4",
-                                "+ray_init.num_cpus=8", "trainer.critic_warmup=0"])
+    config = load_config(
+        None,
+        [
+            "actor_rollout_ref.rollout.tensor_model_parallel_size=4",
+            "+ray_init.num_cpus=8",
+            "trainer.critic_warmup=0",
+        ],
+    )
     ignored = {key for key, _, _ in config.provenance.ignored}
-    assert ignored == {"actor_rollout_ref.rollout.tensor_model_parallel_size", "ray_init.num_cpus",
-                       "trainer.critic_warmup"}
+    assert ignored == {
+        "actor_rollout_ref.rollout.tensor_model_parallel_size",
+        "ray_init.num_cpus",
+        "trainer.critic_warmup",
+    }
     # the same key with a value that would change training is an error, not a silent no-op
     with pytest.raises(ConfigError, match="trainer.critic_warmup=.*accepts it only as 0"):
         load_config(None, ["trainer.critic_warmup=5"])
@@ -101,12 +122,15 @@ def test_ignored_keys_are_reported_and_algorithm_changing_values_are_not_ignored
 
 
 def test_verl_aliases_map_to_sapo_keys():
-    config = load_config(None, [
-        "reward_model.reward_manager.name=dapo",
-        "+reward_model.reward_kwargs.overlong_buffer_cfg.enable=True",
-        "+reward_model.reward_kwargs.overlong_buffer_cfg.len=4",
-        "actor_rollout_ref.actor.optim.warmup_style=cosine",
-    ])
+    config = load_config(
+        None,
+        [
+            "reward_model.reward_manager.name=dapo",
+            "+reward_model.reward_kwargs.overlong_buffer_cfg.enable=True",
+            "+reward_model.reward_kwargs.overlong_buffer_cfg.len=4",
+            "actor_rollout_ref.actor.optim.warmup_style=cosine",
+        ],
+    )
     assert config.reward_model.reward_manager == "dapo"
     assert config.reward_model.overlong_buffer.enable is True and config.reward_model.overlong_buffer.len == 4
     assert config.actor_rollout_ref.actor.optim.lr_scheduler_type == "cosine"
@@ -114,8 +138,15 @@ def test_verl_aliases_map_to_sapo_keys():
 
 
 def test_dump_then_load_round_trips(tmp_path):
-    config = load_config(None, ["data.train_batch_size=32", "actor_rollout_ref.actor.optim.lr=5e-6",
-                                "data.train_files=[a.parquet,b.parquet]", "trainer.total_training_steps=7"])
+    config = load_config(
+        None,
+        [
+            "data.train_batch_size=32",
+            "actor_rollout_ref.actor.optim.lr=5e-6",
+            "data.train_files=[a.parquet,b.parquet]",
+            "trainer.total_training_steps=7",
+        ],
+    )
     path = dump_config(config, tmp_path / "config.yaml")
     again = load_config(path)
     assert config_to_dict(again) == config_to_dict(config)

@@ -14,8 +14,9 @@ def test_default_config_is_valid():
 
 def test_mini_batch_larger_than_batch():
     config = cfg("data.train_batch_size=8", "actor_rollout_ref.actor.ppo_mini_batch_size=16")
-    with pytest.raises(ConfigError, match="ppo_mini_batch_size=16 prompts is larger than "
-                                          "data.train_batch_size=8 prompts"):
+    with pytest.raises(
+        ConfigError, match="ppo_mini_batch_size=16 prompts is larger than data.train_batch_size=8 prompts"
+    ):
         validate(config)
 
 
@@ -27,12 +28,21 @@ def test_batch_not_divisible_by_mini_batch_shows_the_division():
 
 def test_micro_batch_must_divide_mini_batch_times_n_per_process():
     # mini 4 prompts x n 6 = 24 sequences; over 2 processes 12 each; 5 does not divide 12
-    config = cfg("actor_rollout_ref.actor.ppo_mini_batch_size=4", "actor_rollout_ref.rollout.n=6",
-                 "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=5")
+    config = cfg(
+        "actor_rollout_ref.actor.ppo_mini_batch_size=4",
+        "actor_rollout_ref.rollout.n=6",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=5",
+    )
     with pytest.raises(ConfigError, match=r"ppo_mini_batch_size 4 x n 6 / 2 processes = 12 sequences"):
         validate(config, world_size=2)
-    validate(cfg("actor_rollout_ref.actor.ppo_mini_batch_size=4", "actor_rollout_ref.rollout.n=6",
-                 "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=6"), world_size=2)
+    validate(
+        cfg(
+            "actor_rollout_ref.actor.ppo_mini_batch_size=4",
+            "actor_rollout_ref.rollout.n=6",
+            "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=6",
+        ),
+        world_size=2,
+    )
 
 
 @pytest.mark.parametrize("key", ["tau_pos", "tau_neg"])
@@ -41,7 +51,9 @@ def test_non_positive_tau_rejected_for_sapo(key, value):
     with pytest.raises(ConfigError, match=f"actor_rollout_ref.actor.{key} must be > 0"):
         validate(cfg(f"actor_rollout_ref.actor.{key}={value}"))
     # a tau that SAPO never reads does not block another loss
-    validate(cfg(f"actor_rollout_ref.actor.{key}={value}", "actor_rollout_ref.actor.policy_loss.loss_mode=vanilla"))
+    validate(
+        cfg(f"actor_rollout_ref.actor.{key}={value}", "actor_rollout_ref.actor.policy_loss.loss_mode=vanilla")
+    )
 
 
 def test_gae_needs_critic_and_critic_needs_gae():
@@ -67,36 +79,56 @@ def test_registry_hooks_reject_unknown_names_with_suggestion():
 
 
 def test_all_problems_reported_together():
-    config = cfg("actor_rollout_ref.rollout.name=sglang", "trainer.logger=[console,mlflow]",
-                 "trainer.resume_mode=resume_path", "actor_rollout_ref.actor.optim.lr=0")
+    config = cfg(
+        "actor_rollout_ref.rollout.name=sglang",
+        "trainer.logger=[console,mlflow]",
+        "trainer.resume_mode=resume_path",
+        "actor_rollout_ref.actor.optim.lr=0",
+    )
     with pytest.raises(ConfigError) as err:
         validate(config)
     text = str(err.value)
-    for fragment in ("rollout.name='sglang': choose one of hf, vllm", "'mlflow'", "resume_from_path",
-                     "optim.lr must be > 0"):
+    for fragment in (
+        "rollout.name='sglang': choose one of hf, vllm",
+        "'mlflow'",
+        "resume_from_path",
+        "optim.lr must be > 0",
+    ):
         assert fragment in text
 
 
 def test_greedy_validation_with_several_samples_rejected():
     with pytest.raises(ConfigError, match="4 identical greedy answers"):
         validate(cfg("actor_rollout_ref.rollout.val_kwargs.n=4"))
-    validate(cfg("actor_rollout_ref.rollout.val_kwargs.n=4", "actor_rollout_ref.rollout.val_kwargs.do_sample=true",
-                 "actor_rollout_ref.rollout.val_kwargs.temperature=1.0"))
+    validate(
+        cfg(
+            "actor_rollout_ref.rollout.val_kwargs.n=4",
+            "actor_rollout_ref.rollout.val_kwargs.do_sample=true",
+            "actor_rollout_ref.rollout.val_kwargs.temperature=1.0",
+        )
+    )
 
 
 def test_effective_aggregation():
     assert effective_loss_agg_mode(cfg()) == "seq-mean-token-mean"  # sapo's default (the paper's)
-    assert effective_loss_agg_mode(cfg("actor_rollout_ref.actor.policy_loss.loss_mode=vanilla")) == "token-mean"
+    assert (
+        effective_loss_agg_mode(cfg("actor_rollout_ref.actor.policy_loss.loss_mode=vanilla")) == "token-mean"
+    )
     user = cfg("actor_rollout_ref.actor.loss_agg_mode=token-mean")
     assert effective_loss_agg_mode(user) == "token-mean"  # an explicit choice is honoured
     assert derived_quantities(user)["loss_agg_mode_source"] == "user"
 
 
 def test_derived_quantities_by_hand():
-    config = cfg("data.train_batch_size=32", "actor_rollout_ref.rollout.n=4",
-                 "actor_rollout_ref.actor.ppo_mini_batch_size=8", "actor_rollout_ref.actor.ppo_epochs=2",
-                 "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4", "data.max_prompt_length=100",
-                 "data.max_response_length=50")
+    config = cfg(
+        "data.train_batch_size=32",
+        "actor_rollout_ref.rollout.n=4",
+        "actor_rollout_ref.actor.ppo_mini_batch_size=8",
+        "actor_rollout_ref.actor.ppo_epochs=2",
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4",
+        "data.max_prompt_length=100",
+        "data.max_response_length=50",
+    )
     d = derived_quantities(config, world_size=2)
     assert d["sequences_per_step"] == 32 * 4 == 128
     assert d["sequences_per_mini_batch"] == 8 * 4 == 32
@@ -109,8 +141,11 @@ def test_derived_quantities_by_hand():
 
 
 def test_training_schedule_drops_last_partial_batch_and_sets_warmup():
-    config = cfg("data.train_batch_size=8", "trainer.total_epochs=3",
-                 "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.1")
+    config = cfg(
+        "data.train_batch_size=8",
+        "trainer.total_epochs=3",
+        "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.1",
+    )
     s = training_schedule(config, train_dataset_size=100)
     assert s["steps_per_epoch"] == 100 // 8 == 12
     assert s["total_training_steps"] == 12 * 3 == 36

@@ -192,8 +192,9 @@ LAUNCHER \
 
 def expand(script: str) -> list[str]:
     env = {"HOME": "/home/user", "PATH": "/usr/bin:/bin"}
-    out = subprocess.run(["bash", "-c", script.replace("LAUNCHER", LAUNCHER)], capture_output=True, env=env,
-                         check=True).stdout
+    out = subprocess.run(
+        ["bash", "-c", script.replace("LAUNCHER", LAUNCHER)], capture_output=True, env=env, check=True
+    ).stdout
     return [arg.decode() for arg in out.split(b"\0") if arg]
 
 
@@ -213,7 +214,10 @@ def test_fsdp_example_loads_with_every_key_supported_or_ignored():
     assert actor.policy_loss.loss_mode == "sapo"
     assert (actor.tau_pos, actor.tau_neg) == (1.0, 1.05)
     assert actor.optim.lr == 1e-6  # "1e-6" is not a YAML float; parsed by the field's type
-    assert config.data.train_files == ["/home/user/data/gsm8k/train.parquet", "/home/user/data/math/train.parquet"]
+    assert config.data.train_files == [
+        "/home/user/data/gsm8k/train.parquet",
+        "/home/user/data/math/train.parquet",
+    ]
     assert config.trainer.logger == ["console", "wandb"]
     assert config.trainer.test_freq == -1 and config.actor_rollout_ref.rollout.n == 16
     assert actor.use_dynamic_bsz is True and actor.ppo_max_token_len_per_gpu == 20480

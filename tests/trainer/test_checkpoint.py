@@ -136,7 +136,10 @@ def test_resume_modes(tmp_path):
     assert find_resume_checkpoint(tmp_path, "auto") is None  # fresh run
     save_checkpoint(tmp_path, 5, model=model)
     assert find_resume_checkpoint(tmp_path, "disable") is None
-    assert find_resume_checkpoint(tmp_path, "resume_path", tmp_path / "global_step_5") == tmp_path / "global_step_5"
+    assert (
+        find_resume_checkpoint(tmp_path, "resume_path", tmp_path / "global_step_5")
+        == tmp_path / "global_step_5"
+    )
     with pytest.raises(ConfigError, match="not a complete checkpoint"):
         find_resume_checkpoint(tmp_path, "resume_path", tmp_path / "global_step_9")
     with pytest.raises(ConfigError, match="needs trainer.resume_from_path"):
@@ -159,8 +162,14 @@ def test_export_hf_loads_with_from_pretrained(tmp_path):
 
     from sapo.models.tiny import TinyModelSpec, build_tiny_model
 
-    spec = TinyModelSpec(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=2, head_dim=16)
+    spec = TinyModelSpec(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=16,
+    )
     src = build_tiny_model(tmp_path / "tiny", spec, seed=0)
     model = AutoModelForCausalLM.from_pretrained(src)
     tokenizer = AutoTokenizer.from_pretrained(src)

@@ -31,7 +31,9 @@ def test_warmup_rule():
 
 def test_constant_with_warmup_by_hand():
     # lr 1e-3, W = 4: steps 0..3 give 0, 1/4, 2/4, 3/4 of lr, then lr
-    _, sched = make("actor_rollout_ref.actor.optim.lr=1e-3", "actor_rollout_ref.actor.optim.lr_warmup_steps=4")
+    _, sched = make(
+        "actor_rollout_ref.actor.optim.lr=1e-3", "actor_rollout_ref.actor.optim.lr_warmup_steps=4"
+    )
     assert lrs_over(sched, 6) == pytest.approx([0.0, 2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
 
 
@@ -42,10 +44,14 @@ def test_constant_without_warmup_is_flat_from_the_first_step():
 
 def test_cosine_by_hand():
     # lr 1, W = 2, T = 6, m = 0.1, half-wave: warmup 0.1, 0.55; then p = (s - 2) / 4
-    _, sched = make("actor_rollout_ref.actor.optim.lr=1.0", "actor_rollout_ref.actor.optim.lr_warmup_steps=2",
-                    "actor_rollout_ref.actor.optim.lr_scheduler_type=cosine",
-                    "actor_rollout_ref.actor.optim.min_lr_ratio=0.1", "actor_rollout_ref.actor.optim.weight_decay=0",
-                    total=6)
+    _, sched = make(
+        "actor_rollout_ref.actor.optim.lr=1.0",
+        "actor_rollout_ref.actor.optim.lr_warmup_steps=2",
+        "actor_rollout_ref.actor.optim.lr_scheduler_type=cosine",
+        "actor_rollout_ref.actor.optim.min_lr_ratio=0.1",
+        "actor_rollout_ref.actor.optim.weight_decay=0",
+        total=6,
+    )
     expected = [0.1, 0.1 + 0.9 * 0.5]
     for s in (2, 3, 4, 5, 6):
         p = (s - 2) / 4
@@ -59,14 +65,19 @@ def test_cosine_by_hand():
 def test_cosine_ratio_warmup_from_config():
     # T = 20, ratio 0.1 -> W = 2 ; at s = 11: p = 9/18 = 0.5 -> factor 0.5 with m = 0
     assert lr_factor(11, warmup=2, total=20, schedule="cosine") == pytest.approx(0.5)
-    _, sched = make("actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.1",
-                    "actor_rollout_ref.actor.optim.lr_scheduler_type=cosine", "actor_rollout_ref.actor.optim.lr=2.0",
-                    total=20)
+    _, sched = make(
+        "actor_rollout_ref.actor.optim.lr_warmup_steps_ratio=0.1",
+        "actor_rollout_ref.actor.optim.lr_scheduler_type=cosine",
+        "actor_rollout_ref.actor.optim.lr=2.0",
+        total=20,
+    )
     assert lrs_over(sched, 12)[11] == pytest.approx(1.0)
 
 
 def test_adamw_settings_from_config():
-    opt, _ = make("actor_rollout_ref.actor.optim.weight_decay=0.05", "actor_rollout_ref.actor.optim.betas=[0.8,0.9]")
+    opt, _ = make(
+        "actor_rollout_ref.actor.optim.weight_decay=0.05", "actor_rollout_ref.actor.optim.betas=[0.8,0.9]"
+    )
     group = opt.param_groups[0]
     assert isinstance(opt, torch.optim.AdamW)
     assert group["weight_decay"] == 0.05 and group["betas"] == (0.8, 0.9)

@@ -64,7 +64,7 @@ def test_validation_metrics_per_data_source_by_hand():
     assert m["val-core/gsm8k/acc/pass@4"] == pytest.approx(1.0)
     assert m["val-aux/gsm8k/acc/pass@1"] == pytest.approx(0.375)
     # std@4 (population std per prompt): a: sqrt(0.25 x 0.75) = 0.4330 ; b: 0.5 ; mean 0.4665
-    assert m["val-aux/gsm8k/reward/std@4"] == pytest.approx((0.75 ** 0.5 * 0.5 + 0.5) / 2)
+    assert m["val-aux/gsm8k/reward/std@4"] == pytest.approx((0.75**0.5 * 0.5 + 0.5) / 2)
     assert m["val-core/math/reward/mean@4"] == pytest.approx(-0.5)
     assert m["val-core/math/acc/pass@4"] == 0.0
     assert m["val-aux/gsm8k/num_prompts"] == 2.0

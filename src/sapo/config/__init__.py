@@ -15,7 +15,22 @@ from sapo.config.validate import derived_quantities, effective_loss_agg_mode, tr
 from sapo.config.verl_keys import ALIASES, IGNORED_KEYS, find_ignored
 
 __all__ = [
-    "ALIASES", "IGNORED_KEYS", "Config", "LoadReport", "all_keys", "coerce", "config_to_dict", "config_to_yaml",
-    "derived_quantities", "differences_from_verl", "dump_config", "effective_loss_agg_mode", "find_ignored",
-    "format_startup_report", "load_config", "resolve_config", "training_schedule", "validate",
+    "ALIASES",
+    "IGNORED_KEYS",
+    "Config",
+    "LoadReport",
+    "all_keys",
+    "coerce",
+    "config_to_dict",
+    "config_to_yaml",
+    "derived_quantities",
+    "differences_from_verl",
+    "dump_config",
+    "effective_loss_agg_mode",
+    "find_ignored",
+    "format_startup_report",
+    "load_config",
+    "resolve_config",
+    "training_schedule",
+    "validate",
 ]

@@ -10,7 +10,6 @@ import typing
 from sapo.config.schema import NO_VERL_DEFAULT, Config
 from sapo.config.verl_keys import ALIASES, IGNORED_KEYS
 
-
 PIPE = "\\|"  # a literal | inside a Markdown table cell
 
 
@@ -39,14 +38,22 @@ def section_tables(cls=Config, prefix: str = "") -> list[str]:
             continue
         default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
         verl = f.metadata.get("verl_default", dataclasses.MISSING)
-        verl_text = "same" if verl is dataclasses.MISSING else ("-" if verl == NO_VERL_DEFAULT else _fmt(verl))
+        verl_text = (
+            "same" if verl is dataclasses.MISSING else ("-" if verl == NO_VERL_DEFAULT else _fmt(verl))
+        )
         help_text = f.metadata["help"].replace("|", PIPE)
         type_text = _type_name(tp).replace("|", PIPE)
         rows.append(f"| `{prefix}{f.name}` | {type_text} | {_fmt(default)} | {verl_text} | {help_text} |")
     out = []
     if rows:
-        out += [f"### `{prefix.rstrip('.')}`", "", "| key | type | default | verl default | meaning |",
-                "|---|---|---|---|---|", *rows, ""]
+        out += [
+            f"### `{prefix.rstrip('.')}`",
+            "",
+            "| key | type | default | verl default | meaning |",
+            "|---|---|---|---|---|",
+            *rows,
+            "",
+        ]
     for name, tp, help_text in subsections:
         if not prefix:
             out += [f"## `{name}`: {help_text}", ""]

@@ -68,8 +68,9 @@ def _yaml_items(path: Path) -> list[tuple[str, Any]]:
     if tree is None:
         return []
     if not isinstance(tree, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections (data:, trainer:, ...), "
-                          f"not a {type(tree).__name__}")
+        raise ConfigError(
+            f"{path} must hold a mapping of sections (data:, trainer:, ...), not a {type(tree).__name__}"
+        )
     return list(_flatten(tree, ""))
 
 
@@ -107,7 +108,7 @@ def _locate(config: Config, key: str) -> tuple[Any, str, Any, list[str]] | None:
                 return None  # a section, not a key
             owner = getattr(owner, part)
             continue
-        rest = parts[i + 1:]
+        rest = parts[i + 1 :]
         if rest and not _is_dict_type(tp):
             return None
         return owner, part, tp, rest
@@ -126,7 +127,7 @@ def _is_dict_field(key: str) -> bool:
 def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
     """Every supported dotted key, in declaration order."""
     keys = []
-    for name, f in _fields(cls).items():
+    for name in _fields(cls):
         tp = _hints(cls)[name]
         if dataclasses.is_dataclass(tp):
             keys.extend(all_keys(tp, f"{prefix}{name}."))
@@ -165,16 +166,20 @@ def _apply(config: Config, key: str, value: Any, *, is_text: bool, source: str, 
         report.explicit[canonical] = source
         return
     if _is_section(canonical):
-        errors.append(f"{canonical} is a section, not a key (from {source}); set its keys, "
-                      f"e.g. {canonical}.{all_keys(_section_type(canonical))[0]}=...")
+        errors.append(
+            f"{canonical} is a section, not a key (from {source}); set its keys, "
+            f"e.g. {canonical}.{all_keys(_section_type(canonical))[0]}=..."
+        )
         return
     rule = find_ignored(key)
     if rule is not None:
         if rule.accepts(value):
             report.ignored.append((key, value, rule.reason))
         else:
-            errors.append(f"{key}={value!r} is not supported ({rule.reason}); sapo accepts it only as "
-                          f"{rule.allowed_text()} (from {source})")
+            errors.append(
+                f"{key}={value!r} is not supported ({rule.reason}); sapo accepts it only as "
+                f"{rule.allowed_text()} (from {source})"
+            )
         return
     errors.append(_unknown_key_message(key, source))
 
@@ -208,8 +213,10 @@ def _unknown_key_message(key: str, source: str) -> str:
         hint = f"; unknown section '{top}'" + (f" (did you mean '{near[0]}'?)" if near else "")
     matches = close_matches(key)
     suggestion = f"; did you mean: {', '.join(matches)}?" if matches else ""
-    return (f"unknown key '{key}' (from {source}){hint}{suggestion} "
-            "See docs/configuration.md for every supported key and the verl keys that are ignored.")
+    return (
+        f"unknown key '{key}' (from {source}){hint}{suggestion} "
+        "See docs/configuration.md for every supported key and the verl keys that are ignored."
+    )
 
 
 # --------------------------------------------------------------------------------------- coercion
@@ -325,8 +332,13 @@ def resolve_config(config: Config) -> Config:
         trainer.default_local_dir = f"checkpoints/{trainer.project_name}/{trainer.experiment_name}"
     if critic.enable is None:
         critic.enable = config.algorithm.adv_estimator == "gae"
-    for name in ("ppo_mini_batch_size", "ppo_micro_batch_size_per_gpu", "use_dynamic_bsz", "ppo_epochs",
-                 "shuffle"):
+    for name in (
+        "ppo_mini_batch_size",
+        "ppo_micro_batch_size_per_gpu",
+        "use_dynamic_bsz",
+        "ppo_epochs",
+        "shuffle",
+    ):
         if getattr(critic, name) is None:
             setattr(critic, name, getattr(actor, name))
     if critic.model.path is None:

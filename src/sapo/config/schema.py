@@ -37,11 +37,16 @@ def section(cls: type, help: str) -> Any:
 @dataclass
 class DataConfig:
     train_files: str | list[str] | None = opt(
-        None, "Training parquet/jsonl file(s) in verl's layout. null: the built-in task (sapo.task).",
-        verl="~/data/rlhf/gsm8k/train.parquet")
+        None,
+        "Training parquet/jsonl file(s) in verl's layout. null: the built-in task (sapo.task).",
+        verl="~/data/rlhf/gsm8k/train.parquet",
+    )
     val_files: str | list[str] | None = opt(
-        None, "Validation file(s). null: the built-in task's validation split when train_files is null, "
-        "otherwise no validation.", verl="~/data/rlhf/gsm8k/test.parquet")
+        None,
+        "Validation file(s). null: the built-in task's validation split when train_files is null, "
+        "otherwise no validation.",
+        verl="~/data/rlhf/gsm8k/test.parquet",
+    )
     tokenizer: str | None = opt(None, "Tokenizer directory. null: the model's own (model.path).")
     prompt_key: str = opt("prompt", "Column holding the chat messages (a list of {role, content}).")
     reward_fn_key: str = opt("data_source", "Column whose value selects the scoring function.")
@@ -55,31 +60,45 @@ class DataConfig:
     seed: int | None = opt(None, "Seed of the prompt sampler. null: trainer.seed.")
     validation_shuffle: bool = opt(False, "Shuffle validation prompts.")
     filter_overlong_prompts: bool = opt(
-        False, "Drop prompts longer than max_prompt_length at load time instead of applying `truncation`.")
+        False, "Drop prompts longer than max_prompt_length at load time instead of applying `truncation`."
+    )
     truncation: str = opt("error", "Prompts over max_prompt_length: error | left | right | middle.")
-    apply_chat_template_kwargs: dict = opt({}, "Extra keyword arguments for tokenizer.apply_chat_template "
-                                           "(e.g. enable_thinking: false).")
+    apply_chat_template_kwargs: dict = opt(
+        {}, "Extra keyword arguments for tokenizer.apply_chat_template (e.g. enable_thinking: false)."
+    )
 
 
 # ------------------------------------------------------------------------------ actor_rollout_ref
 @dataclass
 class ModelConfig:
-    path: str | None = opt(None, "Hugging Face model directory. null: build the tiny model (sapo.tiny_model).",
-                           verl="~/models/deepseek-llm-7b-chat")
+    path: str | None = opt(
+        None,
+        "Hugging Face model directory. null: build the tiny model (sapo.tiny_model).",
+        verl="~/models/deepseek-llm-7b-chat",
+    )
     tokenizer_path: str | None = opt(None, "Tokenizer directory if not the model's.")
-    dtype: str = opt("float32", "Parameter dtype for training: float32 | bfloat16 | float16. "
-                     "(sapo key; verl sets precision in fsdp_config.)", verl=NO_VERL_DEFAULT)
+    dtype: str = opt(
+        "float32",
+        "Parameter dtype for training: float32 | bfloat16 | float16. "
+        "(sapo key; verl sets precision in fsdp_config.)",
+        verl=NO_VERL_DEFAULT,
+    )
     trust_remote_code: bool = opt(False, "Allow model code from the model directory.")
     custom_chat_template: str | None = opt(None, "Jinja chat template replacing the tokenizer's.")
     override_config: dict = opt({}, "Keys overriding the model's config.json (e.g. attention_dropout).")
-    enable_gradient_checkpointing: bool = opt(False, "Recompute activations in backward to save memory.",
-                                              verl=True)
+    enable_gradient_checkpointing: bool = opt(
+        False, "Recompute activations in backward to save memory.", verl=True
+    )
 
 
 @dataclass
 class PolicyLossConfig:
-    loss_mode: str = opt("sapo", "Policy loss (verl names): sapo, vanilla (PPO clip), gspo, clip_cov, "
-                         "kl_cov, gpg, ... Checked against sapo.core's registry.", verl="vanilla")
+    loss_mode: str = opt(
+        "sapo",
+        "Policy loss (verl names): sapo, vanilla (PPO clip), gspo, clip_cov, "
+        "kl_cov, gpg, ... Checked against sapo.core's registry.",
+        verl="vanilla",
+    )
     clip_cov_ratio: float = opt(0.0002, "clip_cov: fraction of tokens whose gradient is clipped.")
     clip_cov_lb: float = opt(1.0, "clip_cov: lower bound of the covariance window.")
     clip_cov_ub: float = opt(5.0, "clip_cov: upper bound of the covariance window.")
@@ -91,7 +110,9 @@ class PolicyLossConfig:
 class OptimConfig:
     optimizer: str = opt("AdamW", "Optimizer. Only AdamW (torch.optim) is supported.")
     lr: float = opt(1e-4, "Peak learning rate.", verl=1e-6)
-    lr_warmup_steps: int | None = opt(-1, "Linear warmup steps. -1/null: lr_warmup_steps_ratio x total steps.")
+    lr_warmup_steps: int | None = opt(
+        -1, "Linear warmup steps. -1/null: lr_warmup_steps_ratio x total steps."
+    )
     lr_warmup_steps_ratio: float = opt(0.0, "Warmup as a fraction of total optimizer-schedule steps.")
     total_training_steps: int = opt(-1, "Schedule length. -1: filled in by the trainer (training steps).")
     weight_decay: float = opt(0.01, "AdamW decoupled weight decay.")
@@ -105,12 +126,17 @@ class OptimConfig:
 
 @dataclass
 class ActorConfig:
-    ppo_mini_batch_size: int = opt(4, "Prompts per mini-batch (x rollout.n sequences); one optimizer "
-                                   "step each.", verl=256)
+    ppo_mini_batch_size: int = opt(
+        4, "Prompts per mini-batch (x rollout.n sequences); one optimizer step each.", verl=256
+    )
     ppo_micro_batch_size_per_gpu: int | None = opt(
-        None, "Sequences per forward/backward pass per process. null: the whole per-process mini-batch.")
-    use_dynamic_bsz: bool = opt(False, "Form micro-batches by token budget (ppo_max_token_len_per_gpu) "
-                                "instead of a sequence count. The gradient is the same either way.")
+        None, "Sequences per forward/backward pass per process. null: the whole per-process mini-batch."
+    )
+    use_dynamic_bsz: bool = opt(
+        False,
+        "Form micro-batches by token budget (ppo_max_token_len_per_gpu) "
+        "instead of a sequence count. The gradient is the same either way.",
+    )
     ppo_max_token_len_per_gpu: int = opt(16384, "Token budget of one micro-batch when use_dynamic_bsz.")
     ppo_epochs: int = opt(1, "Passes over each rollout batch.")
     shuffle: bool = opt(False, "Shuffle sequences before cutting mini-batches.")
@@ -123,8 +149,11 @@ class ActorConfig:
     clip_ratio_high: float | None = opt(0.2, "Upper clip epsilon (null: clip_ratio).")
     clip_ratio_c: float = opt(3.0, "Dual-clip constant for negative advantages (> 1).")
     loss_agg_mode: str | None = opt(
-        None, "token-mean | seq-mean-token-sum | seq-mean-token-mean | seq-mean-token-sum-norm. "
-        "null: the loss's own default (sapo: seq-mean-token-mean, others: token-mean).", verl="token-mean")
+        None,
+        "token-mean | seq-mean-token-sum | seq-mean-token-mean | seq-mean-token-sum-norm. "
+        "null: the loss's own default (sapo: seq-mean-token-mean, others: token-mean).",
+        verl="token-mean",
+    )
     loss_scale_factor: float | None = opt(None, "seq-mean-token-sum-norm divisor. null: max_response_length.")
     entropy_coeff: float = opt(0.0, "Entropy bonus coefficient (loss -= coeff x entropy).")
     use_kl_loss: bool = opt(False, "Add a KL(policy || reference) term to the loss.")
@@ -145,8 +174,9 @@ class ValKwargsConfig:
 
 @dataclass
 class RolloutConfig:
-    name: str = opt("hf", "Generation engine: hf (transformers, default) | vllm (optional extra).",
-                    verl="??? (required)")
+    name: str = opt(
+        "hf", "Generation engine: hf (transformers, default) | vllm (optional extra).", verl="??? (required)"
+    )
     n: int = opt(8, "Responses per prompt (the GRPO group size).", verl=1)
     temperature: float = opt(1.0, "Sampling temperature.")
     top_p: float = opt(1.0, "Nucleus sampling.")
@@ -157,14 +187,16 @@ class RolloutConfig:
     gpu_memory_utilization: float = opt(0.5, "vllm only: fraction of GPU memory for the engine.")
     enforce_eager: bool = opt(False, "vllm only: disable CUDA graphs.")
     log_prob_micro_batch_size_per_gpu: int | None = opt(
-        None, "Sequences per forward pass when recomputing old_log_prob. null: ppo_micro_batch_size_per_gpu.")
+        None, "Sequences per forward pass when recomputing old_log_prob. null: ppo_micro_batch_size_per_gpu."
+    )
     val_kwargs: ValKwargsConfig = section(ValKwargsConfig, "Sampling for validation.")
 
 
 @dataclass
 class RefConfig:
     log_prob_micro_batch_size_per_gpu: int | None = opt(
-        None, "Sequences per forward pass for ref_log_prob. null: ppo_micro_batch_size_per_gpu.")
+        None, "Sequences per forward pass for ref_log_prob. null: ppo_micro_batch_size_per_gpu."
+    )
 
 
 @dataclass
@@ -178,8 +210,11 @@ class ActorRolloutRefConfig:
 # ------------------------------------------------------------------------------------------- critic
 @dataclass
 class CriticModelConfig:
-    path: str | None = opt(None, "Value-model directory. null: actor_rollout_ref.model.path (a scalar head "
-                           "is added).", verl="~/models/deepseek-llm-7b-chat")
+    path: str | None = opt(
+        None,
+        "Value-model directory. null: actor_rollout_ref.model.path (a scalar head is added).",
+        verl="~/models/deepseek-llm-7b-chat",
+    )
     tokenizer_path: str | None = opt(None, "Tokenizer directory if not the model's.")
     trust_remote_code: bool = opt(False, "Allow model code from the model directory.")
     override_config: dict = opt({}, "Keys overriding the value model's config.json.")
@@ -218,10 +253,15 @@ class KLControlConfig:
 
 @dataclass
 class AlgorithmConfig:
-    adv_estimator: str = opt("grpo", "Advantage estimator (verl names): grpo, gae, rloo, reinforce_plus_plus, "
-                             "remax, opo, grpo_passk, ... Checked against sapo.core's registry.", verl="gae")
-    norm_adv_by_std_in_grpo: bool = opt(True, "GRPO: divide by the group's std (false: Dr. GRPO, "
-                                        "arXiv 2503.20783).")
+    adv_estimator: str = opt(
+        "grpo",
+        "Advantage estimator (verl names): grpo, gae, rloo, reinforce_plus_plus, "
+        "remax, opo, grpo_passk, ... Checked against sapo.core's registry.",
+        verl="gae",
+    )
+    norm_adv_by_std_in_grpo: bool = opt(
+        True, "GRPO: divide by the group's std (false: Dr. GRPO, arXiv 2503.20783)."
+    )
     gamma: float = opt(1.0, "Discount factor (gae, reinforce_plus_plus).")
     lam: float = opt(1.0, "GAE lambda.")
     use_kl_in_reward: bool = opt(False, "Subtract kl_coef x KL(policy || reference) from token rewards.")
@@ -232,8 +272,11 @@ class AlgorithmConfig:
 # ----------------------------------------------------------------------------------------- rewards
 @dataclass
 class OverlongBufferConfig:
-    enable: bool = opt(False, "DAPO overlong shaping (arXiv 2503.14476): penalise responses that enter the "
-                       "last `len` tokens before max_resp_len.")
+    enable: bool = opt(
+        False,
+        "DAPO overlong shaping (arXiv 2503.14476): penalise responses that enter the "
+        "last `len` tokens before max_resp_len.",
+    )
     len: int = opt(0, "Buffer length in tokens.")
     penalty_factor: float = opt(1.0, "Penalty at the very end of the buffer (linear ramp from 0).")
     log: bool = opt(False, "Log the overlong reward terms as metrics.")
@@ -242,16 +285,19 @@ class OverlongBufferConfig:
 
 @dataclass
 class RewardModelConfig:
-    reward_manager: str = opt("naive", "naive (score each response) | dapo (adds the overlong buffer).",
-                              verl=None)
+    reward_manager: str = opt(
+        "naive", "naive (score each response) | dapo (adds the overlong buffer).", verl=None
+    )
     overlong_buffer: OverlongBufferConfig = section(OverlongBufferConfig, "DAPO overlong buffer.")
 
 
 @dataclass
 class CustomRewardFunctionConfig:
     path: str | None = opt(None, "Python file defining the scoring function. null: built-in by data_source.")
-    name: str = opt("compute_score", "Function name in that file: f(data_source, solution_str, "
-                    "ground_truth, extra_info) -> float | dict.")
+    name: str = opt(
+        "compute_score",
+        "Function name in that file: f(data_source, solution_str, ground_truth, extra_info) -> float | dict.",
+    )
 
 
 # ------------------------------------------------------------------------------------------ trainer
@@ -261,8 +307,11 @@ class TrainerConfig:
     total_training_steps: int | None = opt(None, "Stop after this many steps (null: total_epochs).")
     project_name: str = opt("sapo", "Project name (wandb project; run directory).", verl="verl_examples")
     experiment_name: str = opt("default", "Experiment name (wandb run name; run directory).", verl="gsm8k")
-    logger: list[str] = opt(["console"], "Metric sinks: console, tensorboard, wandb. metrics.jsonl is "
-                            "always written.", verl=["console", "wandb"])
+    logger: list[str] = opt(
+        ["console"],
+        "Metric sinks: console, tensorboard, wandb. metrics.jsonl is always written.",
+        verl=["console", "wandb"],
+    )
     log_val_generations: int = opt(0, "Validation samples (prompt, response, score) to log per validation.")
     rollout_data_dir: str | None = opt(None, "Write each step's generations as jsonl here.")
     validation_data_dir: str | None = opt(None, "Write validation generations as jsonl here.")
@@ -273,15 +322,23 @@ class TrainerConfig:
     resume_mode: str = opt("auto", "auto (latest checkpoint if any) | disable | resume_path.")
     resume_from_path: str | None = opt(None, "Checkpoint directory (global_step_N) for resume_path.")
     default_local_dir: str | None = opt(
-        None, "Run directory. null: checkpoints/<project_name>/<experiment_name> (as verl).")
+        None, "Run directory. null: checkpoints/<project_name>/<experiment_name> (as verl)."
+    )
     max_actor_ckpt_to_keep: int | None = opt(None, "Keep only the newest N checkpoints (null: all).")
-    max_critic_ckpt_to_keep: int | None = opt(None, "Accepted for verl parity; critic state is saved in "
-                                              "the same checkpoint, so max_actor_ckpt_to_keep governs.")
-    seed: int = opt(1, "Seed of everything not seeded otherwise (model init, sampling, shuffles).",
-                    verl=NO_VERL_DEFAULT)
+    max_critic_ckpt_to_keep: int | None = opt(
+        None,
+        "Accepted for verl parity; critic state is saved in "
+        "the same checkpoint, so max_actor_ckpt_to_keep governs.",
+    )
+    seed: int = opt(
+        1, "Seed of everything not seeded otherwise (model init, sampling, shuffles).", verl=NO_VERL_DEFAULT
+    )
     device: str = opt("auto", "auto (cuda if available) | cuda | cpu.", verl="cuda")
-    export_hf: bool = opt(True, "Export the final policy as a Hugging Face directory (run_dir/hf_model). "
-                          "(sapo key)", verl=NO_VERL_DEFAULT)
+    export_hf: bool = opt(
+        True,
+        "Export the final policy as a Hugging Face directory (run_dir/hf_model). (sapo key)",
+        verl=NO_VERL_DEFAULT,
+    )
 
 
 # ------------------------------------------------------------------------------------- sapo (ours)
@@ -304,8 +361,10 @@ class TinyModelConfig:
 
 @dataclass
 class WarmStartConfig:
-    enable: bool | None = opt(None, "Supervised warm start before RL. null: on when the built-in tiny "
-                              "model is used (model.path null).")
+    enable: bool | None = opt(
+        None,
+        "Supervised warm start before RL. null: on when the built-in tiny model is used (model.path null).",
+    )
     lr: float = opt(1e-3, "Warm-start learning rate.")
     batch_size: int = opt(64, "Warm-start examples per step.")
     max_steps: int = opt(2000, "Hard cap on warm-start steps.")
@@ -325,17 +384,21 @@ class SapoConfig:
 @dataclass
 class Config:
     data: DataConfig = section(DataConfig, "Datasets and prompt/response lengths.")
-    actor_rollout_ref: ActorRolloutRefConfig = section(ActorRolloutRefConfig, "Policy, generation, reference.")
+    actor_rollout_ref: ActorRolloutRefConfig = section(
+        ActorRolloutRefConfig, "Policy, generation, reference."
+    )
     critic: CriticConfig = section(CriticConfig, "Value model (gae only).")
     algorithm: AlgorithmConfig = section(AlgorithmConfig, "Advantages and KL in reward.")
     reward_model: RewardModelConfig = section(RewardModelConfig, "Reward manager.")
-    custom_reward_function: CustomRewardFunctionConfig = section(CustomRewardFunctionConfig,
-                                                                 "User scoring function.")
+    custom_reward_function: CustomRewardFunctionConfig = section(
+        CustomRewardFunctionConfig, "User scoring function."
+    )
     trainer: TrainerConfig = section(TrainerConfig, "Loop, logging, checkpoints.")
     sapo: SapoConfig = section(SapoConfig, "This project's own keys: the built-in default run.")
     # Not a config key: what load_config saw (explicit keys, ignored keys, aliases). Never dumped.
-    provenance: LoadReport = field(default_factory=lambda: LoadReport(), repr=False, compare=False,
-                                   metadata={"internal": True})
+    provenance: LoadReport = field(
+        default_factory=lambda: LoadReport(), repr=False, compare=False, metadata={"internal": True}
+    )
 
 
 @dataclass

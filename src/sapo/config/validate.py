@@ -40,8 +40,14 @@ def effective_loss_agg_mode(config: Config) -> str:
     return "seq-mean-token-mean" if actor.policy_loss.loss_mode == "sapo" else "token-mean"
 
 
-def validate(config: Config, *, world_size: int = 1, valid_loss_modes: Iterable[str] | None = None,
-             valid_estimators: Iterable[str] | None = None, valid_kl_types: Iterable[str] | None = None) -> None:
+def validate(
+    config: Config,
+    *,
+    world_size: int = 1,
+    valid_loss_modes: Iterable[str] | None = None,
+    valid_estimators: Iterable[str] | None = None,
+    valid_kl_types: Iterable[str] | None = None,
+) -> None:
     """Raise one ConfigError listing every problem, each with the arithmetic and the fix."""
     problems: list[str] = []
     problems += _batch_problems(config, world_size)
@@ -56,46 +62,60 @@ def _batch_problems(config: Config, world_size: int) -> list[str]:
     data, actor, n = config.data, config.actor_rollout_ref.actor, config.actor_rollout_ref.rollout.n
     batch, mini, micro = data.train_batch_size, actor.ppo_mini_batch_size, actor.ppo_micro_batch_size_per_gpu
     out = []
-    for key, value in (("data.train_batch_size", batch), ("actor_rollout_ref.actor.ppo_mini_batch_size", mini),
-                       ("actor_rollout_ref.rollout.n", n), ("actor_rollout_ref.actor.ppo_epochs",
-                                                            actor.ppo_epochs)):
+    for key, value in (
+        ("data.train_batch_size", batch),
+        ("actor_rollout_ref.actor.ppo_mini_batch_size", mini),
+        ("actor_rollout_ref.rollout.n", n),
+        ("actor_rollout_ref.actor.ppo_epochs", actor.ppo_epochs),
+    ):
         if value < 1:
             out.append(f"{key} must be >= 1 (got {value})")
     if out:
         return out
     if mini > batch:
-        out.append(f"ppo_mini_batch_size={mini} prompts is larger than data.train_batch_size={batch} prompts; "
-                   f"set actor_rollout_ref.actor.ppo_mini_batch_size <= {batch}")
+        out.append(
+            f"ppo_mini_batch_size={mini} prompts is larger than data.train_batch_size={batch} prompts; "
+            f"set actor_rollout_ref.actor.ppo_mini_batch_size <= {batch}"
+        )
     elif batch % mini:
-        out.append(f"data.train_batch_size={batch} is not divisible by ppo_mini_batch_size={mini} "
-                   f"({batch} / {mini} = {batch / mini:.3g}); choose a divisor of {batch}, e.g. "
-                   f"{_divisors_hint(batch, mini)}")
+        out.append(
+            f"data.train_batch_size={batch} is not divisible by ppo_mini_batch_size={mini} "
+            f"({batch} / {mini} = {batch / mini:.3g}); choose a divisor of {batch}, e.g. "
+            f"{_divisors_hint(batch, mini)}"
+        )
     out += _micro_problems("actor_rollout_ref.actor", mini, n, micro, world_size)
     critic = config.critic
     if critic.enable and critic.ppo_mini_batch_size is not None:
         if batch % critic.ppo_mini_batch_size:
-            out.append(f"data.train_batch_size={batch} is not divisible by critic.ppo_mini_batch_size="
-                       f"{critic.ppo_mini_batch_size}")
-        out += _micro_problems("critic", critic.ppo_mini_batch_size, n, critic.ppo_micro_batch_size_per_gpu,
-                               world_size)
+            out.append(
+                f"data.train_batch_size={batch} is not divisible by critic.ppo_mini_batch_size="
+                f"{critic.ppo_mini_batch_size}"
+            )
+        out += _micro_problems(
+            "critic", critic.ppo_mini_batch_size, n, critic.ppo_micro_batch_size_per_gpu, world_size
+        )
     return out
 
 
 def _micro_problems(prefix: str, mini: int, n: int, micro: int | None, world_size: int) -> list[str]:
     sequences = mini * n
     if sequences % world_size:
-        return [f"{prefix}: a mini-batch of {mini} prompts x rollout.n={n} = {sequences} sequences cannot be "
-                f"split evenly over {world_size} processes; make ppo_mini_batch_size x n a multiple of "
-                f"{world_size}"]
+        return [
+            f"{prefix}: a mini-batch of {mini} prompts x rollout.n={n} = {sequences} sequences cannot be "
+            f"split evenly over {world_size} processes; make ppo_mini_batch_size x n a multiple of "
+            f"{world_size}"
+        ]
     per_rank = sequences // world_size
     if micro is None:
         return []
     if micro < 1:
         return [f"{prefix}.ppo_micro_batch_size_per_gpu must be >= 1 or null (got {micro})"]
     if per_rank % micro:
-        return [f"{prefix}.ppo_micro_batch_size_per_gpu={micro} does not divide the per-process mini-batch: "
-                f"ppo_mini_batch_size {mini} x n {n} / {world_size} processes = {per_rank} sequences; "
-                f"use a divisor of {per_rank}, e.g. {_divisors_hint(per_rank, micro)}"]
+        return [
+            f"{prefix}.ppo_micro_batch_size_per_gpu={micro} does not divide the per-process mini-batch: "
+            f"ppo_mini_batch_size {mini} x n {n} / {world_size} processes = {per_rank} sequences; "
+            f"use a divisor of {per_rank}, e.g. {_divisors_hint(per_rank, micro)}"
+        ]
     return []
 
 
@@ -108,7 +128,9 @@ def _divisors_hint(total: int, near: int) -> str:
 def _algorithm_problems(config: Config, loss_modes, estimators, kl_types) -> list[str]:
     actor, algo = config.actor_rollout_ref.actor, config.algorithm
     out = []
-    out += _name_problem("actor_rollout_ref.actor.policy_loss.loss_mode", actor.policy_loss.loss_mode, loss_modes)
+    out += _name_problem(
+        "actor_rollout_ref.actor.policy_loss.loss_mode", actor.policy_loss.loss_mode, loss_modes
+    )
     out += _name_problem("algorithm.adv_estimator", algo.adv_estimator, estimators)
     out += _name_problem("actor_rollout_ref.actor.kl_loss_type", actor.kl_loss_type, kl_types)
     out += _name_problem("algorithm.kl_penalty", algo.kl_penalty, kl_types)
@@ -116,26 +138,38 @@ def _algorithm_problems(config: Config, loss_modes, estimators, kl_types) -> lis
         for name in ("tau_pos", "tau_neg"):
             tau = getattr(actor, name)
             if not tau > 0:
-                out.append(f"actor_rollout_ref.actor.{name} must be > 0 (got {tau}): the SAPO gate "
-                           f"sigmoid(tau (r - 1)) x 4 / tau divides by tau; the paper uses tau_pos=1.0, "
-                           f"tau_neg=1.05")
+                out.append(
+                    f"actor_rollout_ref.actor.{name} must be > 0 (got {tau}): the SAPO gate "
+                    f"sigmoid(tau (r - 1)) x 4 / tau divides by tau; the paper uses tau_pos=1.0, "
+                    f"tau_neg=1.05"
+                )
     n = config.actor_rollout_ref.rollout.n
     if algo.adv_estimator in GROUP_ESTIMATORS and n < 2:
-        out.append(f"algorithm.adv_estimator={algo.adv_estimator} compares responses within a prompt's group, "
-                   f"so it needs actor_rollout_ref.rollout.n >= 2 (got {n}): every advantage would be 0")
+        out.append(
+            f"algorithm.adv_estimator={algo.adv_estimator} compares responses within a prompt's group, "
+            f"so it needs actor_rollout_ref.rollout.n >= 2 (got {n}): every advantage would be 0"
+        )
     if algo.adv_estimator == "gae" and not config.critic.enable:
-        out.append("algorithm.adv_estimator=gae needs a value model, but critic.enable=false; "
-                   "set critic.enable=true (or null) or choose adv_estimator=grpo")
+        out.append(
+            "algorithm.adv_estimator=gae needs a value model, but critic.enable=false; "
+            "set critic.enable=true (or null) or choose adv_estimator=grpo"
+        )
     if config.critic.enable and algo.adv_estimator != "gae":
-        out.append(f"critic.enable=true but adv_estimator={algo.adv_estimator} does not use values; "
-                   "set critic.enable=null or adv_estimator=gae")
+        out.append(
+            f"critic.enable=true but adv_estimator={algo.adv_estimator} does not use values; "
+            "set critic.enable=null or adv_estimator=gae"
+        )
     if algo.kl_ctrl.type == "adaptive" and not (algo.kl_ctrl.target_kl > 0 and algo.kl_ctrl.horizon > 0):
-        out.append("algorithm.kl_ctrl.type=adaptive needs kl_ctrl.target_kl > 0 and kl_ctrl.horizon > 0 "
-                   f"(got {algo.kl_ctrl.target_kl}, {algo.kl_ctrl.horizon})")
+        out.append(
+            "algorithm.kl_ctrl.type=adaptive needs kl_ctrl.target_kl > 0 and kl_ctrl.horizon > 0 "
+            f"(got {algo.kl_ctrl.target_kl}, {algo.kl_ctrl.horizon})"
+        )
     buffer = config.reward_model.overlong_buffer
     if buffer.enable and config.reward_model.reward_manager != "dapo":
-        out.append("reward_model.overlong_buffer.enable=true is applied by the dapo reward manager; set "
-                   "reward_model.reward_manager=dapo")
+        out.append(
+            "reward_model.overlong_buffer.enable=true is applied by the dapo reward manager; set "
+            "reward_model.reward_manager=dapo"
+        )
     max_len = buffer.max_resp_len or config.data.max_response_length
     if buffer.enable and not 0 < buffer.len <= max_len:
         out.append(f"reward_model.overlong_buffer.len={buffer.len} must be in 1..{max_len} (max_resp_len)")
@@ -149,8 +183,11 @@ def _name_problem(key: str, value: str, valid: Iterable[str] | None) -> list[str
     if value in valid:
         return []
     near = difflib.get_close_matches(value, valid, n=1)
-    return [f"{key}={value!r} is not a known name" + (f" (did you mean {near[0]!r}?)" if near else "")
-            + f"; choose one of: {', '.join(valid)}"]
+    return [
+        f"{key}={value!r} is not a known name"
+        + (f" (did you mean {near[0]!r}?)" if near else "")
+        + f"; choose one of: {', '.join(valid)}"
+    ]
 
 
 def _choice(key: str, value: Any, choices: tuple) -> list[str]:
@@ -167,11 +204,16 @@ def _choice_problems(config: Config) -> list[str]:
     out += _choice("trainer.device", trainer.device, DEVICES)
     out += _choice("algorithm.kl_ctrl.type", config.algorithm.kl_ctrl.type, KL_CONTROLLERS)
     out += _choice("reward_model.reward_manager", config.reward_model.reward_manager, REWARD_MANAGERS)
-    for name, optim in (("actor_rollout_ref.actor.optim", actor.optim), ("critic.optim", config.critic.optim)):
+    for name, optim in (
+        ("actor_rollout_ref.actor.optim", actor.optim),
+        ("critic.optim", config.critic.optim),
+    ):
         out += _choice(f"{name}.lr_scheduler_type", optim.lr_scheduler_type, SCHEDULES)
         out += _choice(f"{name}.optimizer", optim.optimizer, ("AdamW",))
-    for key, mode in (("actor_rollout_ref.actor.loss_agg_mode", actor.loss_agg_mode),
-                      ("critic.loss_agg_mode", config.critic.loss_agg_mode)):
+    for key, mode in (
+        ("actor_rollout_ref.actor.loss_agg_mode", actor.loss_agg_mode),
+        ("critic.loss_agg_mode", config.critic.loss_agg_mode),
+    ):
         if mode is not None:
             out += _choice(key, mode, LOSS_AGG_MODES)
     for logger in trainer.logger:
@@ -199,24 +241,36 @@ def _range_problems(config: Config) -> list[str]:
         ("trainer.total_epochs", config.trainer.total_epochs >= 1, ">= 1"),
     ]
     if arr.rollout.do_sample:
-        checks.append(("actor_rollout_ref.rollout.temperature", arr.rollout.temperature > 0,
-                       "> 0 when do_sample=true"))
-    for name, optim in (("actor_rollout_ref.actor.optim", actor.optim), ("critic.optim", config.critic.optim)):
-        checks += [(f"{name}.lr", optim.lr > 0, "> 0"),
-                   (f"{name}.lr_warmup_steps_ratio", 0 <= optim.lr_warmup_steps_ratio <= 1, "in [0, 1]"),
-                   (f"{name}.min_lr_ratio", 0 <= optim.min_lr_ratio <= 1, "in [0, 1]"),
-                   (f"{name}.betas", len(optim.betas) == 2 and all(0 <= b < 1 for b in optim.betas),
-                    "two numbers in [0, 1)")]
+        checks.append(
+            ("actor_rollout_ref.rollout.temperature", arr.rollout.temperature > 0, "> 0 when do_sample=true")
+        )
+    for name, optim in (
+        ("actor_rollout_ref.actor.optim", actor.optim),
+        ("critic.optim", config.critic.optim),
+    ):
+        checks += [
+            (f"{name}.lr", optim.lr > 0, "> 0"),
+            (f"{name}.lr_warmup_steps_ratio", 0 <= optim.lr_warmup_steps_ratio <= 1, "in [0, 1]"),
+            (f"{name}.min_lr_ratio", 0 <= optim.min_lr_ratio <= 1, "in [0, 1]"),
+            (
+                f"{name}.betas",
+                len(optim.betas) == 2 and all(0 <= b < 1 for b in optim.betas),
+                "two numbers in [0, 1)",
+            ),
+        ]
     out += [f"{key} must be {rule}" for key, ok, rule in checks if not ok]
     val = arr.rollout.val_kwargs
     if val.n > 1 and not val.do_sample:
-        out.append(f"actor_rollout_ref.rollout.val_kwargs.n={val.n} with do_sample=false would give {val.n} "
-                   "identical greedy answers; set val_kwargs.do_sample=true (and a temperature > 0)")
+        out.append(
+            f"actor_rollout_ref.rollout.val_kwargs.n={val.n} with do_sample=false would give {val.n} "
+            "identical greedy answers; set val_kwargs.do_sample=true (and a temperature > 0)"
+        )
     return out
 
 
-def derived_quantities(config: Config, *, world_size: int = 1, train_dataset_size: int | None = None
-                       ) -> dict[str, Any]:
+def derived_quantities(
+    config: Config, *, world_size: int = 1, train_dataset_size: int | None = None
+) -> dict[str, Any]:
     """The numbers a run is really using, computed from the config (verl's batch semantics)."""
     data, actor, rollout = config.data, config.actor_rollout_ref.actor, config.actor_rollout_ref.rollout
     n, mini = rollout.n, actor.ppo_mini_batch_size
@@ -231,8 +285,10 @@ def derived_quantities(config: Config, *, world_size: int = 1, train_dataset_siz
         "mini_batches_per_step": mini_batches,
         "optimizer_steps_per_step": mini_batches * actor.ppo_epochs,
         "micro_batch_size_per_process": "token budget " + str(actor.ppo_max_token_len_per_gpu)
-        if actor.use_dynamic_bsz else (actor.ppo_micro_batch_size_per_gpu or per_rank),
-        "micro_batches_per_mini_batch": "dynamic" if actor.use_dynamic_bsz
+        if actor.use_dynamic_bsz
+        else (actor.ppo_micro_batch_size_per_gpu or per_rank),
+        "micro_batches_per_mini_batch": "dynamic"
+        if actor.use_dynamic_bsz
         else per_rank // (actor.ppo_micro_batch_size_per_gpu or per_rank),
         "effective_loss_agg_mode": effective_loss_agg_mode(config),
         "loss_agg_mode_source": "user" if actor.loss_agg_mode is not None else "loss default",
@@ -252,12 +308,18 @@ def training_schedule(config: Config, train_dataset_size: int) -> dict[str, int]
     batch = config.data.train_batch_size
     steps_per_epoch = train_dataset_size // batch
     if steps_per_epoch == 0:
-        raise ConfigError(f"the training set has {train_dataset_size} prompts, fewer than data.train_batch_size="
-                          f"{batch}; lower data.train_batch_size or add data")
+        raise ConfigError(
+            f"the training set has {train_dataset_size} prompts, fewer than data.train_batch_size="
+            f"{batch}; lower data.train_batch_size or add data"
+        )
     total = config.trainer.total_training_steps or steps_per_epoch * config.trainer.total_epochs
     optim = config.actor_rollout_ref.actor.optim
     warmup = optim.lr_warmup_steps
     if warmup is None or warmup < 0:
         warmup = int(optim.lr_warmup_steps_ratio * total)
-    return {"steps_per_epoch": steps_per_epoch, "total_training_steps": total, "lr_warmup_steps": warmup,
-            "epochs_covered": math.ceil(total / steps_per_epoch)}
+    return {
+        "steps_per_epoch": steps_per_epoch,
+        "total_training_steps": total,
+        "lr_warmup_steps": warmup,
+        "epochs_covered": math.ceil(total / steps_per_epoch),
+    }

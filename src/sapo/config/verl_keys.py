@@ -24,8 +24,9 @@ ALIASES: dict[str, str] = {
     "reward.custom_reward_function.name": "custom_reward_function.name",
     "reward_model.reward_kwargs.overlong_buffer_cfg.enable": "reward_model.overlong_buffer.enable",
     "reward_model.reward_kwargs.overlong_buffer_cfg.len": "reward_model.overlong_buffer.len",
-    "reward_model.reward_kwargs.overlong_buffer_cfg.penalty_factor":
-        "reward_model.overlong_buffer.penalty_factor",
+    "reward_model.reward_kwargs.overlong_buffer_cfg.penalty_factor": (
+        "reward_model.overlong_buffer.penalty_factor"
+    ),
     "reward_model.reward_kwargs.overlong_buffer_cfg.log": "reward_model.overlong_buffer.log",
     "reward_model.reward_kwargs.max_resp_len": "reward_model.overlong_buffer.max_resp_len",
 }
@@ -70,8 +71,11 @@ _RAY = "Ray/cluster set-up; sapo runs under torchrun"
 
 IGNORED_KEYS: tuple[IgnoredKey, ...] = (
     # --- actor / ref / critic engines
-    IgnoredKey("actor_rollout_ref.*.fsdp_config.*", "FSDP engine tuning (offload, prefetch, wrap policy, "
-               "dtypes); precision is actor_rollout_ref.model.dtype"),
+    IgnoredKey(
+        "actor_rollout_ref.*.fsdp_config.*",
+        "FSDP engine tuning (offload, prefetch, wrap policy, "
+        "dtypes); precision is actor_rollout_ref.model.dtype",
+    ),
     IgnoredKey("critic.model.fsdp_config.*", "FSDP engine tuning"),
     IgnoredKey("critic.fsdp.*", "FSDP engine tuning"),
     IgnoredKey("actor_rollout_ref.*.megatron.*", _PARALLEL),
@@ -95,18 +99,22 @@ IGNORED_KEYS: tuple[IgnoredKey, ...] = (
     IgnoredKey("critic.model.enable_activation_offload", "memory only"),
     IgnoredKey("actor_rollout_ref.model.external_lib", "extra import path", (None,)),
     IgnoredKey("actor_rollout_ref.model.lora_rank", "LoRA is not supported; only full fine-tuning", (0,)),
-    IgnoredKey("actor_rollout_ref.*.checkpoint.*", "verl's checkpoint contents; sapo always saves model, "
-               "optimizer and extra state"),
+    IgnoredKey(
+        "actor_rollout_ref.*.checkpoint.*",
+        "verl's checkpoint contents; sapo always saves model, optimizer and extra state",
+    ),
     IgnoredKey("critic.checkpoint.*", "verl's checkpoint contents"),
     IgnoredKey("actor_rollout_ref.*.profiler.*", "profiling"),
     IgnoredKey("critic.profiler.*", "profiling"),
     IgnoredKey("actor_rollout_ref.*.rollout_n", "derived from actor_rollout_ref.rollout.n"),
     IgnoredKey("critic.rollout_n", "derived from actor_rollout_ref.rollout.n"),
-    IgnoredKey("actor_rollout_ref.hybrid_engine", "training and generation always share the process",
-               (True,)),
+    IgnoredKey(
+        "actor_rollout_ref.hybrid_engine", "training and generation always share the process", (True,)
+    ),
     IgnoredKey("actor_rollout_ref.nccl_timeout", "collective time-out"),
-    IgnoredKey("actor_rollout_ref.actor.optim.optimizer_impl", "AdamW comes from torch.optim",
-               ("torch.optim",)),
+    IgnoredKey(
+        "actor_rollout_ref.actor.optim.optimizer_impl", "AdamW comes from torch.optim", ("torch.optim",)
+    ),
     IgnoredKey("actor_rollout_ref.actor.optim.zero_indexed_step", "sapo's schedule is zero-indexed", (True,)),
     IgnoredKey("*.router_replay.*", "MoE router replay (off)", ("disabled",)),
     IgnoredKey("actor_rollout_ref.ref.log_prob_use_dynamic_bsz", _MICRO),
@@ -143,13 +151,16 @@ IGNORED_KEYS: tuple[IgnoredKey, ...] = (
     IgnoredKey("actor_rollout_ref.rollout.prometheus.*", "monitoring"),
     IgnoredKey("actor_rollout_ref.rollout.trace.*", "tracing"),
     IgnoredKey("actor_rollout_ref.rollout.agent.*", "agent-loop workers; single-turn generation"),
-    IgnoredKey("actor_rollout_ref.rollout.calculate_log_probs", "rollout log-probs are kept when the engine "
-               "returns them"),
+    IgnoredKey(
+        "actor_rollout_ref.rollout.calculate_log_probs",
+        "rollout log-probs are kept when the engine returns them",
+    ),
     IgnoredKey("actor_rollout_ref.rollout.logprobs_mode", "engine log-prob flavour"),
     IgnoredKey("actor_rollout_ref.rollout.seed", "generation is seeded from trainer.seed"),
     IgnoredKey("actor_rollout_ref.rollout.full_determinism", _ENGINE),
-    IgnoredKey("actor_rollout_ref.rollout.multi_turn.enable", "multi-turn rollouts are not supported",
-               (False,)),
+    IgnoredKey(
+        "actor_rollout_ref.rollout.multi_turn.enable", "multi-turn rollouts are not supported", (False,)
+    ),
     IgnoredKey("actor_rollout_ref.rollout.over_sample_rate", "no over-sampling", (0,)),
     IgnoredKey("actor_rollout_ref.rollout.ignore_eos", "generation stops at EOS", (False,)),
     IgnoredKey("actor_rollout_ref.rollout.quantization", "no quantized rollout", (None,)),
@@ -162,20 +173,24 @@ IGNORED_KEYS: tuple[IgnoredKey, ...] = (
     IgnoredKey("data.use_shm", "shared-memory loading"),
     IgnoredKey("data.trust_remote_code", "tokenizer loading; see actor_rollout_ref.model.trust_remote_code"),
     IgnoredKey("data.return_multi_modal_inputs", "text only"),
-    IgnoredKey("data.gen_batch_size", "no DAPO group filtering, so prompts generated = train_batch_size",
-               (None,)),
+    IgnoredKey(
+        "data.gen_batch_size", "no DAPO group filtering, so prompts generated = train_batch_size", (None,)
+    ),
     # --- algorithm switches that are harmless only when off
     IgnoredKey("algorithm.filter_groups.enable", "DAPO dynamic sampling is not supported", (False,)),
     IgnoredKey("algorithm.use_pf_ppo", "PF-PPO is not supported", (False,)),
-    IgnoredKey("reward_model.enable", "model-based reward is not supported; rewards are functions",
-               (False, None)),
+    IgnoredKey(
+        "reward_model.enable", "model-based reward is not supported; rewards are functions", (False, None)
+    ),
     IgnoredKey("reward_model.launch_reward_fn_async", "scoring runs in the trainer process"),
     IgnoredKey("trainer.critic_warmup", "actor updates start at step 1", (0,)),
     # --- trainer infrastructure
     IgnoredKey("trainer.nnodes", "process count comes from the launcher (torchrun)"),
     IgnoredKey("trainer.n_gpus_per_node", "process count comes from the launcher (torchrun)"),
-    IgnoredKey("trainer.balance_batch", "reorders sequences across ranks for load balance; the "
-               "mini-batch gradient is unchanged"),
+    IgnoredKey(
+        "trainer.balance_batch",
+        "reorders sequences across ranks for load balance; the mini-batch gradient is unchanged",
+    ),
     IgnoredKey("trainer.use_legacy_worker_impl", "verl worker implementation"),
     IgnoredKey("trainer.use_v1", "verl trainer implementation"),
     IgnoredKey("trainer.v1.*", "verl trainer implementation"),

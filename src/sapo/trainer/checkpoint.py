@@ -2,12 +2,12 @@
 
 Layout (verl's names): ``<run_dir>/global_step_<N>/`` holds ``model.pt``, ``optimizer.pt``, ``scheduler.pt``,
 one ``<name>.pt`` per extra component (e.g. ``critic.pt``), ``extra_state.pt`` (sampler position, KL
-controller, ...), ``rng_state.pt`` and, written last, ``meta.json``. ``<run_dir>/latest_checkpointed_iteration.txt``
-holds the newest complete step.
+controller, ...), ``rng_state.pt`` and, written last, ``meta.json``.
+``<run_dir>/latest_checkpointed_iteration.txt`` holds the newest complete step.
 
 A save is atomic in three moves:
   1. every file is written into ``<run_dir>/.tmp_global_step_<N>.<pid>/`` and fsynced;
-  2. the directory is renamed to ``global_step_<N>`` (rename is atomic on POSIX), and the run directory fsynced;
+  2. the directory is renamed to ``global_step_<N>`` (atomic on POSIX) and the run directory fsynced;
   3. the tracker file is replaced atomically (temp file, fsync, ``os.replace``).
 A crash before 3 leaves the tracker on the previous checkpoint, which is untouched; leftover ``.tmp_*``
 directories are never read and are removed by the next save.
@@ -43,8 +43,13 @@ def capture_rng_state() -> dict[str, Any]:
     np_state = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": {"name": np_state[0], "keys": torch.from_numpy(np_state[1].astype(np.int64)),
-                  "pos": int(np_state[2]), "has_gauss": int(np_state[3]), "cached_gaussian": float(np_state[4])},
+        "numpy": {
+            "name": np_state[0],
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -55,8 +60,15 @@ def capture_rng_state() -> dict[str, Any]:
 def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate(_as_python_random_state(state["python"]))
     np_state = state["numpy"]
-    np.random.set_state((np_state["name"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
-                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    np.random.set_state(
+        (
+            np_state["name"],
+            np_state["keys"].numpy().astype(np.uint32),
+            np_state["pos"],
+            np_state["has_gauss"],
+            np_state["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -68,9 +80,18 @@ def _as_python_random_state(state):
 
 
 # ------------------------------------------------------------------------------------------- save
-def save_checkpoint(run_dir: str | Path, step: int, *, model: torch.nn.Module, optimizer=None, scheduler=None,
-                    extra_state: dict[str, Any] | None = None, components: dict[str, Any] | None = None,
-                    rng: bool = True, max_to_keep: int | None = None) -> Path:
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    *,
+    model: torch.nn.Module,
+    optimizer=None,
+    scheduler=None,
+    extra_state: dict[str, Any] | None = None,
+    components: dict[str, Any] | None = None,
+    rng: bool = True,
+    max_to_keep: int | None = None,
+) -> Path:
     """Write ``global_step_<step>`` atomically and point the tracker at it; keep only the newest
     ``max_to_keep`` checkpoints when given (``trainer.max_actor_ckpt_to_keep``). Returns the directory.
 
@@ -181,15 +202,17 @@ def _check_plain(value: Any, where: str) -> None:
         for i, item in enumerate(value):
             _check_plain(item, f"{where}[{i}]")
     elif not isinstance(value, _PLAIN):
-        raise TypeError(f"{where} is a {type(value).__name__}; checkpoints hold tensors, numbers, strings, "
-                        "None, lists and dicts only (convert numpy values with .item() or torch.as_tensor)")
+        raise TypeError(
+            f"{where} is a {type(value).__name__}; checkpoints hold tensors, numbers, strings, "
+            "None, lists and dicts only (convert numpy values with .item() or torch.as_tensor)"
+        )
 
 
 def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
     """Complete checkpoints (those with meta.json), oldest first."""
     out = []
     for path in Path(run_dir).glob(f"{STEP_PREFIX}*"):
-        suffix = path.name[len(STEP_PREFIX):]
+        suffix = path.name[len(STEP_PREFIX) :]
         if suffix.isdigit() and (path / META_FILE).is_file():
             out.append((int(suffix), path))
     return sorted(out)
@@ -204,8 +227,9 @@ def prune_checkpoints(run_dir: str | Path, keep: int) -> list[Path]:
 
 
 # ------------------------------------------------------------------------------------ find / load
-def find_resume_checkpoint(run_dir: str | Path, resume_mode: str = "auto",
-                           resume_from_path: str | Path | None = None) -> Path | None:
+def find_resume_checkpoint(
+    run_dir: str | Path, resume_mode: str = "auto", resume_from_path: str | Path | None = None
+) -> Path | None:
     """The checkpoint a run should continue from (verl's ``trainer.resume_mode``):
 
     ``disable``: None. ``auto``: the tracker's step if that checkpoint is complete, else the newest complete
@@ -216,12 +240,15 @@ def find_resume_checkpoint(run_dir: str | Path, resume_mode: str = "auto",
         return None
     if resume_mode == "resume_path":
         if not resume_from_path:
-            raise ConfigError("trainer.resume_mode=resume_path needs trainer.resume_from_path="
-                              "<run_dir>/global_step_N")
+            raise ConfigError(
+                "trainer.resume_mode=resume_path needs trainer.resume_from_path=<run_dir>/global_step_N"
+            )
         path = Path(resume_from_path)
         if not (path / META_FILE).is_file():
-            raise ConfigError(f"trainer.resume_from_path={path} is not a complete checkpoint (no {META_FILE}); "
-                              f"point it at a {STEP_PREFIX}N directory listed in {TRACKER_FILE}")
+            raise ConfigError(
+                f"trainer.resume_from_path={path} is not a complete checkpoint (no {META_FILE}); "
+                f"point it at a {STEP_PREFIX}N directory listed in {TRACKER_FILE}"
+            )
         return path
     if resume_mode != "auto":
         raise ConfigError(f"trainer.resume_mode={resume_mode!r}: choose auto, disable or resume_path")
@@ -239,9 +266,16 @@ def checkpoint_step(path: str | Path) -> int:
     return int(json.loads((Path(path) / META_FILE).read_text())["step"])
 
 
-def load_checkpoint(path: str | Path, model: torch.nn.Module, optimizer=None, scheduler=None, *,
-                    components: dict[str, Any] | None = None, restore_rng: bool = True,
-                    map_location: str | torch.device = "cpu") -> dict[str, Any]:
+def load_checkpoint(
+    path: str | Path,
+    model: torch.nn.Module,
+    optimizer=None,
+    scheduler=None,
+    *,
+    components: dict[str, Any] | None = None,
+    restore_rng: bool = True,
+    map_location: str | torch.device = "cpu",
+) -> dict[str, Any]:
     """Load states into the given objects (in place) and return ``extra_state``; RNG states are restored
     last, so the run continues with exactly the random streams it had when it saved."""
     path = Path(path)
@@ -295,5 +329,7 @@ def export_hf(model, tokenizer, out_dir: str | Path) -> Path:
 def export_checkpoint_hf(checkpoint_dir: str | Path, model, tokenizer, out_dir: str | Path) -> Path:
     """Load a checkpoint's policy weights into ``model`` (same architecture) and export it with
     :func:`export_hf`."""
-    model.load_state_dict(torch.load(Path(checkpoint_dir) / "model.pt", map_location="cpu", weights_only=True))
+    model.load_state_dict(
+        torch.load(Path(checkpoint_dir) / "model.pt", map_location="cpu", weights_only=True)
+    )
     return export_hf(model, tokenizer, out_dir)

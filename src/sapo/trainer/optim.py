@@ -35,8 +35,15 @@ def warmup_steps(lr_warmup_steps: int | None, lr_warmup_steps_ratio: float, tota
     return int(lr_warmup_steps_ratio * total_steps)
 
 
-def lr_factor(step: int, *, warmup: int, total: int, schedule: str = "constant", min_lr_ratio: float = 0.0,
-              num_cycles: float = 0.5) -> float:
+def lr_factor(
+    step: int,
+    *,
+    warmup: int,
+    total: int,
+    schedule: str = "constant",
+    min_lr_ratio: float = 0.0,
+    num_cycles: float = 0.5,
+) -> float:
     """Multiplier of the peak lr at 0-indexed training step ``step`` (formula in the module docstring)."""
     if schedule == "constant":
         return step / warmup if step < warmup else 1.0
@@ -49,8 +56,14 @@ def lr_factor(step: int, *, warmup: int, total: int, schedule: str = "constant",
     raise ConfigError(f"unknown lr_scheduler_type {schedule!r}; choose one of {', '.join(SCHEDULES)}")
 
 
-def build_adamw(params: Iterable[torch.nn.Parameter], *, lr: float, weight_decay: float = 0.01,
-                betas: tuple[float, float] | list[float] = (0.9, 0.999), eps: float = 1e-8) -> torch.optim.AdamW:
+def build_adamw(
+    params: Iterable[torch.nn.Parameter],
+    *,
+    lr: float,
+    weight_decay: float = 0.01,
+    betas: tuple[float, float] | list[float] = (0.9, 0.999),
+    eps: float = 1e-8,
+) -> torch.optim.AdamW:
     """torch's AdamW (decoupled weight decay, Loshchilov & Hutter, arXiv 1711.05101) over the trainable
     parameters. ``foreach`` is left to torch; a fused kernel is not forced so CPU and GPU behave alike."""
     trainable = [p for p in params if p.requires_grad]
@@ -59,15 +72,30 @@ def build_adamw(params: Iterable[torch.nn.Parameter], *, lr: float, weight_decay
     return torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, *, total_steps: int, warmup: int = 0,
-                    schedule: str = "constant", min_lr_ratio: float = 0.0, num_cycles: float = 0.5) -> LambdaLR:
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    *,
+    total_steps: int,
+    warmup: int = 0,
+    schedule: str = "constant",
+    min_lr_ratio: float = 0.0,
+    num_cycles: float = 0.5,
+) -> LambdaLR:
     """A LambdaLR following :func:`lr_factor`; its state_dict goes into checkpoints."""
     if warmup > total_steps:
-        raise ConfigError(f"lr warmup ({warmup} steps) is longer than training ({total_steps} steps); lower "
-                          "optim.lr_warmup_steps or optim.lr_warmup_steps_ratio")
+        raise ConfigError(
+            f"lr warmup ({warmup} steps) is longer than training ({total_steps} steps); lower "
+            "optim.lr_warmup_steps or optim.lr_warmup_steps_ratio"
+        )
     lr_factor(0, warmup=warmup, total=total_steps, schedule=schedule)  # reject an unknown schedule now
-    factor = partial(lr_factor, warmup=warmup, total=total_steps, schedule=schedule, min_lr_ratio=min_lr_ratio,
-                     num_cycles=num_cycles)
+    factor = partial(
+        lr_factor,
+        warmup=warmup,
+        total=total_steps,
+        schedule=schedule,
+        min_lr_ratio=min_lr_ratio,
+        num_cycles=num_cycles,
+    )
     return LambdaLR(optimizer, factor)
 
 
@@ -76,10 +104,20 @@ def build_optimizer_and_scheduler(params: Iterable[torch.nn.Parameter], optim_co
     ``optim_config.total_training_steps`` wins over ``total_steps`` when it is positive (verl's key)."""
     if optim_config.total_training_steps and optim_config.total_training_steps > 0:
         total_steps = optim_config.total_training_steps
-    optimizer = build_adamw(params, lr=optim_config.lr, weight_decay=optim_config.weight_decay,
-                            betas=optim_config.betas, eps=optim_config.eps)
+    optimizer = build_adamw(
+        params,
+        lr=optim_config.lr,
+        weight_decay=optim_config.weight_decay,
+        betas=optim_config.betas,
+        eps=optim_config.eps,
+    )
     warmup = warmup_steps(optim_config.lr_warmup_steps, optim_config.lr_warmup_steps_ratio, total_steps)
-    scheduler = build_scheduler(optimizer, total_steps=total_steps, warmup=warmup,
-                                schedule=optim_config.lr_scheduler_type, min_lr_ratio=optim_config.min_lr_ratio,
-                                num_cycles=optim_config.num_cycles)
+    scheduler = build_scheduler(
+        optimizer,
+        total_steps=total_steps,
+        warmup=warmup,
+        schedule=optim_config.lr_scheduler_type,
+        min_lr_ratio=optim_config.min_lr_ratio,
+        num_cycles=optim_config.num_cycles,
+    )
     return optimizer, scheduler

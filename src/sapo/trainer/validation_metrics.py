@@ -45,18 +45,25 @@ def k_values(n: int) -> list[int]:
     return ks + [n]
 
 
-def validation_metrics(data_sources: Sequence[str], prompt_ids: Sequence, rewards: Sequence[float],
-                       correct: Sequence[bool | float] | None = None) -> dict[str, float]:
+def validation_metrics(
+    data_sources: Sequence[str],
+    prompt_ids: Sequence,
+    rewards: Sequence[float],
+    correct: Sequence[bool | float] | None = None,
+) -> dict[str, float]:
     """Aggregate per-response results (one entry per sampled response) into named metrics.
 
     ``prompt_ids`` groups the responses of one prompt (any hashable, e.g. the row index); every prompt of a
     data source must have the same number of responses (``val_kwargs.n``). ``correct`` is the binary
     accuracy of each response (verl's ``acc``); without it only reward metrics are produced.
     """
-    if not len(data_sources) == len(prompt_ids) == len(rewards) or (correct is not None
-                                                                     and len(correct) != len(rewards)):
-        raise UserError("validation_metrics: data_sources, prompt_ids, rewards (and correct) must have one "
-                        "entry per response")
+    if not len(data_sources) == len(prompt_ids) == len(rewards) or (
+        correct is not None and len(correct) != len(rewards)
+    ):
+        raise UserError(
+            "validation_metrics: data_sources, prompt_ids, rewards (and correct) must have one "
+            "entry per response"
+        )
     groups: dict[str, dict] = defaultdict(lambda: defaultdict(list))
     for i, (source, prompt) in enumerate(zip(data_sources, prompt_ids)):
         groups[source][prompt].append(i)
@@ -69,8 +76,10 @@ def validation_metrics(data_sources: Sequence[str], prompt_ids: Sequence, reward
 def _source_metrics(source: str, prompts: list[list[int]], rewards, correct) -> dict[str, float]:
     sizes = {len(indices) for indices in prompts}
     if len(sizes) != 1:
-        raise UserError(f"data source {source!r}: prompts have different numbers of responses {sorted(sizes)}; "
-                        "every prompt needs val_kwargs.n responses")
+        raise UserError(
+            f"data source {source!r}: prompts have different numbers of responses {sorted(sizes)}; "
+            "every prompt needs val_kwargs.n responses"
+        )
     n = sizes.pop()
     out = {f"val-aux/{source}/num_prompts": float(len(prompts))}
     variables = {"reward": [[float(rewards[i]) for i in p] for p in prompts]}
@@ -84,5 +93,6 @@ def _source_metrics(source: str, prompts: list[list[int]], rewards, correct) -> 
         for k in k_values(n):
             section = "val-core" if k == n else "val-aux"
             out[f"{section}/{source}/acc/pass@{k}"] = fmean(
-                pass_at_k(n, sum(1 for v in values if v > 0.5), k) for values in variables["acc"])
+                pass_at_k(n, sum(1 for v in values if v > 0.5), k) for values in variables["acc"]
+            )
     return out
