@@ -11,26 +11,11 @@ The ``sapo`` section is this project's own: the built-in task, tiny model and wa
 
 from __future__ import annotations
 
-import copy
-from dataclasses import MISSING, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
-NO_VERL_DEFAULT = "(no verl equivalent)"
-
-
-def opt(default: Any, help: str, *, verl: Any = MISSING) -> Any:
-    """A config field: ``default`` (deep-copied for lists and dicts), ``help`` text and, when our default
-    differs from verl's, verl's default (shown in the docs and at start-up)."""
-    metadata = {"help": help}
-    if verl is not MISSING:
-        metadata["verl_default"] = verl
-    if isinstance(default, (list, dict)):
-        return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
-    return field(default=default, metadata=metadata)
-
-
-def section(cls: type, help: str) -> Any:
-    return field(default_factory=cls, metadata={"help": help, "section": True})
+from sapo.config.builtin import SapoConfig
+from sapo.config.fields import NO_VERL_DEFAULT, opt, section  # noqa: F401 - re-exported
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -339,45 +324,6 @@ class TrainerConfig:
         "Export the final policy as a Hugging Face directory (run_dir/hf_model). (sapo key)",
         verl=NO_VERL_DEFAULT,
     )
-
-
-# ------------------------------------------------------------------------------------- sapo (ours)
-@dataclass
-class TaskConfig:
-    name: str = opt("addition", "Built-in task used when data.train_files is null (see sapo.data.tasks).")
-    num_train: int = opt(20000, "Generated training prompts.")
-    num_val: int = opt(200, "Generated validation prompts.")
-    max_operand: int = opt(999, "Operands are drawn from 0..max_operand.")
-
-
-@dataclass
-class TinyModelConfig:
-    arch: str = opt("llama", "qwen3 | llama | qwen3_moe (see sapo.models.tiny).")
-    hidden_size: int = opt(128, "Hidden size.")
-    intermediate_size: int = opt(512, "MLP width.")
-    num_hidden_layers: int = opt(4, "Layers.")
-    num_attention_heads: int = opt(4, "Attention heads.")
-
-
-@dataclass
-class WarmStartConfig:
-    enable: bool | None = opt(
-        None,
-        "Supervised warm start before RL. null: on when the built-in tiny model is used (model.path null).",
-    )
-    lr: float = opt(1e-3, "Warm-start learning rate.")
-    batch_size: int = opt(64, "Warm-start examples per step.")
-    max_steps: int = opt(2000, "Hard cap on warm-start steps.")
-    max_seconds: float = opt(60.0, "Hard cap on warm-start wall time.")
-    eval_every: int = opt(25, "Check held-out accuracy every N steps.")
-    target_accuracy: float = opt(0.2, "Stop once held-out greedy accuracy reaches this.")
-
-
-@dataclass
-class SapoConfig:
-    task: TaskConfig = section(TaskConfig, "The built-in task.")
-    tiny_model: TinyModelConfig = section(TinyModelConfig, "The built-in tiny model (model.path null).")
-    warm_start: WarmStartConfig = section(WarmStartConfig, "Supervised warm start of the tiny model.")
 
 
 # ------------------------------------------------------------------------------------------- root
