@@ -155,3 +155,25 @@ def test_training_schedule_drops_last_partial_batch_and_sets_warmup():
     assert training_schedule(explicit, 100)["lr_warmup_steps"] == 2
     with pytest.raises(ConfigError, match="fewer than data.train_batch_size"):
         training_schedule(config, train_dataset_size=7)
+
+
+def test_startup_report_and_record(tmp_path):
+    import json
+
+    from sapo.config import record_startup
+
+    config = cfg(
+        "actor_rollout_ref.rollout.tensor_model_parallel_size=2",
+        "reward_model.reward_manager.name=naive",
+        "data.train_batch_size=16",
+    )
+    text = record_startup(config, derived_quantities(config), tmp_path)
+    assert "effective_loss_agg_mode" in text and "seq-mean-token-mean" in text
+    assert "actor_rollout_ref.rollout.tensor_model_parallel_size=2" in text.replace("'", "")
+    assert "reward_model.reward_manager.name -> reward_model.reward_manager" in text
+    # a default that differs from verl's and was not set is listed; one the user set is not
+    assert "actor_rollout_ref.rollout.n = 8 (verl: 1)" in text
+    assert "data.train_batch_size = " not in text
+    assert load_config(tmp_path / "config.yaml").data.train_batch_size == 16
+    assert json.loads((tmp_path / "derived.json").read_text())["sequences_per_step"] == 16 * 8
+    assert (tmp_path / "startup.txt").read_text() == text

@@ -9,6 +9,7 @@ from sapo.config.render import (
     differences_from_verl,
     dump_config,
     format_startup_report,
+    record_startup,
 )
 from sapo.config.schema import Config, LoadReport
 from sapo.config.validate import derived_quantities, effective_loss_agg_mode, training_schedule, validate
@@ -30,6 +31,7 @@ __all__ = [
     "find_ignored",
     "format_startup_report",
     "load_config",
+    "record_startup",
     "resolve_config",
     "training_schedule",
     "validate",

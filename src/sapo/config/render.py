@@ -93,3 +93,16 @@ def format_startup_report(config: Config, derived: dict[str, Any]) -> str:
         lines += ["", "== defaults that differ from verl's (not set by you) =="]
         lines += [f"  {key} = {value!r} (verl: {verl!r})" for key, value, verl in diffs]
     return "\n".join(lines) + "\n"
+
+
+def record_startup(config: Config, derived: dict[str, Any], run_dir: str | Path) -> str:
+    """Store ``config.yaml`` (resolved), ``derived.json`` and ``startup.txt`` (the report) in the run
+    directory and return the report text for printing."""
+    import json
+
+    run_dir = Path(run_dir)
+    dump_config(config, run_dir / "config.yaml")
+    (run_dir / "derived.json").write_text(json.dumps(derived, indent=1, default=str) + "\n")
+    text = format_startup_report(config, derived)
+    (run_dir / "startup.txt").write_text(text)
+    return text
