@@ -190,3 +190,21 @@ def test_export_hf_loads_with_from_pretrained(tmp_path):
     reloaded = AutoModelForCausalLM.from_pretrained(again)
     with torch.no_grad():
         assert torch.equal(reloaded(ids).logits, model(ids).logits)
+
+
+@pytest.mark.gpu
+def test_cuda_rng_and_gpu_state_round_trip(tmp_path):
+    model = torch.nn.Linear(4, 2).cuda()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=0.1)
+    model(torch.randn(3, 4, device="cuda")).sum().backward()
+    optimizer.step()
+    torch.cuda.manual_seed_all(11)
+    save_checkpoint(tmp_path, 1, model=model, optimizer=optimizer)
+    expected = torch.rand(4, device="cuda").cpu()
+    torch.cuda.manual_seed_all(99)
+    model2 = torch.nn.Linear(4, 2).cuda()
+    optimizer2 = torch.optim.AdamW(model2.parameters(), lr=0.1)
+    load_checkpoint(tmp_path / "global_step_1", model2, optimizer2, map_location="cuda")
+    assert torch.equal(torch.rand(4, device="cuda").cpu(), expected)
+    assert torch.equal(model2.weight, model.weight)
+    assert optimizer2.state_dict()["state"][0]["exp_avg"].device.type == "cuda"
