@@ -208,3 +208,49 @@ def test_cuda_rng_and_gpu_state_round_trip(tmp_path):
     assert torch.equal(torch.rand(4, device="cuda").cpu(), expected)
     assert torch.equal(model2.weight, model.weight)
     assert optimizer2.state_dict()["state"][0]["exp_avg"].device.type == "cuda"
+
+
+def _per_rank_worker(rank: int, world: int, run_dir: str, port: int) -> None:
+    import torch.distributed as dist
+
+    from sapo.trainer.checkpoint import capture_rng_state
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        torch.manual_seed(100 + rank)  # every rank has its own stream
+        states = [None] * world
+        dist.all_gather_object(states, capture_rng_state())
+        expected = torch.rand(3)  # what each rank draws next after the save
+        model = torch.nn.Linear(2, 2)
+        if rank == 0:
+            save_checkpoint(run_dir, 1, model=model.state_dict(), rng_states=states)
+        dist.barrier()
+        torch.manual_seed(0)  # scramble, then resume
+        load_checkpoint(f"{run_dir}/global_step_1", None, rank=rank)
+        assert torch.equal(torch.rand(3), expected), f"rank {rank} did not get its own stream back"
+    finally:
+        dist.destroy_process_group()
+
+
+def test_per_rank_rng_states_with_gloo(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    mp.spawn(_per_rank_worker, args=(2, str(tmp_path), port), nprocs=2, join=True)
+    with pytest.raises(ConfigError, match="RNG states for 2 processes, but this is rank 2"):
+        load_checkpoint(tmp_path / "global_step_1", None, rank=2)
+
+
+def test_state_dicts_can_be_passed_directly(tmp_path):
+    model, opt, _ = make_training()
+    train_steps(model, opt, build_scheduler(opt, total_steps=5), 1)
+    save_checkpoint(tmp_path, 1, model=model.state_dict(), optimizer=opt.state_dict(), rng=False)
+    assert not (tmp_path / "global_step_1" / "rng_state.pt").exists()
+    fresh, opt2, _ = make_training(seed=3)
+    load_checkpoint(tmp_path / "global_step_1", fresh, opt2)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), model.parameters()))
+    assert torch.equal(opt2.state_dict()["state"][0]["exp_avg"], opt.state_dict()["state"][0]["exp_avg"])

@@ -24,6 +24,7 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -84,19 +85,23 @@ def save_checkpoint(
     run_dir: str | Path,
     step: int,
     *,
-    model: torch.nn.Module,
+    model: torch.nn.Module | Mapping[str, Any],
     optimizer=None,
     scheduler=None,
     extra_state: dict[str, Any] | None = None,
     components: dict[str, Any] | None = None,
     rng: bool = True,
+    rng_states: list[dict[str, Any]] | None = None,
     max_to_keep: int | None = None,
 ) -> Path:
     """Write ``global_step_<step>`` atomically and point the tracker at it; keep only the newest
     ``max_to_keep`` checkpoints when given (``trainer.max_actor_ckpt_to_keep``). Returns the directory.
 
-    ``components`` are further objects with ``state_dict()`` (critic, critic optimizer, ...). For an FSDP
-    model pass a module whose ``state_dict()`` is the full (gathered) state, on rank 0 only.
+    ``model``, ``optimizer``, ``scheduler`` and each of ``components`` (critic, critic optimizer, ...) are
+    objects with ``state_dict()`` or state dicts themselves. With FSDP, gather full state dicts on every rank
+    (``torch.distributed.checkpoint.state_dict.get_model_state_dict(..., full_state_dict=True)``) and call
+    this on rank 0 only. ``rng_states``: one :func:`capture_rng_state` per rank, gathered with
+    ``all_gather_object``, so each rank resumes its own random streams; default: this process's.
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -106,7 +111,11 @@ def save_checkpoint(
     tmp = run_dir / f".tmp_{STEP_PREFIX}{step}.{os.getpid()}"
     tmp.mkdir()
     try:
-        files = _write_payload(tmp, model, optimizer, scheduler, extra_state or {}, components or {}, rng)
+        states = {"model": model, "optimizer": optimizer, "scheduler": scheduler, **(components or {})}
+        rng_state = (
+            ({"per_rank": rng_states} if rng_states is not None else capture_rng_state()) if rng else None
+        )
+        files = _write_payload(tmp, states, extra_state or {}, rng_state)
         _write_json(tmp / META_FILE, {"step": step, "files": files, "saved_at": time.time(), "format": 1})
         _fsync_dir(tmp)
         _replace_dir(tmp, final)
@@ -119,19 +128,19 @@ def save_checkpoint(
     return final
 
 
-def _write_payload(directory: Path, model, optimizer, scheduler, extra_state, components, rng) -> list[str]:
-    payload = {"model": model.state_dict()}
-    if optimizer is not None:
-        payload["optimizer"] = optimizer.state_dict()
-    if scheduler is not None:
-        payload["scheduler"] = scheduler.state_dict()
-    for name, component in components.items():
-        if name in payload or name in {"extra_state", "rng_state", "meta"}:
+def _write_payload(
+    directory: Path, states: dict[str, Any], extra_state: dict, rng_state: dict | None
+) -> list[str]:
+    payload = {}
+    for name, obj in states.items():
+        if obj is None:
+            continue
+        if name in {"extra_state", "rng_state", "meta"}:
             raise ValueError(f"component name {name!r} is reserved; choose another")
-        payload[name] = component.state_dict()
+        payload[name] = obj if isinstance(obj, Mapping) else obj.state_dict()
     payload["extra_state"] = extra_state
-    if rng:
-        payload["rng_state"] = capture_rng_state()
+    if rng_state is not None:
+        payload["rng_state"] = rng_state
     for name, state in payload.items():
         _save_fsynced(state, directory / f"{name}.pt")
     return sorted(f"{name}.pt" for name in payload)
@@ -266,38 +275,47 @@ def checkpoint_step(path: str | Path) -> int:
     return int(json.loads((Path(path) / META_FILE).read_text())["step"])
 
 
+def read_state(path: str | Path, name: str, map_location: str | torch.device = "cpu") -> Any:
+    """One saved state (``model``, ``optimizer``, ``extra_state``, a component name, ...) of a checkpoint,
+    e.g. a full model state dict to hand to FSDP's ``set_model_state_dict``."""
+    file = Path(path) / f"{name}.pt"
+    if not file.is_file():
+        raise ConfigError(f"checkpoint {path} has no {name}.pt; it was saved without {name}")
+    return torch.load(file, map_location=map_location, weights_only=True)
+
+
 def load_checkpoint(
     path: str | Path,
-    model: torch.nn.Module,
+    model: torch.nn.Module | None,
     optimizer=None,
     scheduler=None,
     *,
     components: dict[str, Any] | None = None,
     restore_rng: bool = True,
+    rank: int = 0,
     map_location: str | torch.device = "cpu",
 ) -> dict[str, Any]:
-    """Load states into the given objects (in place) and return ``extra_state``; RNG states are restored
-    last, so the run continues with exactly the random streams it had when it saved."""
+    """Load states into the given objects (in place; ``None`` skips one) and return ``extra_state``. RNG
+    states are restored last (``rank``'s own when the checkpoint holds one per rank), so the run continues
+    with exactly the random streams it had when it saved."""
     path = Path(path)
     if not (path / META_FILE).is_file():
         raise ConfigError(f"{path} is not a complete checkpoint (no {META_FILE})")
-
-    def read(name: str):
-        file = path / f"{name}.pt"
-        if not file.is_file():
-            raise ConfigError(f"checkpoint {path} has no {name}.pt; it was saved without {name}")
-        return torch.load(file, map_location=map_location, weights_only=True)
-
-    model.load_state_dict(read("model"))
-    if optimizer is not None:
-        optimizer.load_state_dict(read("optimizer"))
-    if scheduler is not None:
-        scheduler.load_state_dict(read("scheduler"))
-    for name, component in (components or {}).items():
-        component.load_state_dict(read(name))
-    extra_state = read("extra_state")
+    targets = {"model": model, "optimizer": optimizer, "scheduler": scheduler, **(components or {})}
+    for name, target in targets.items():
+        if target is not None:
+            target.load_state_dict(read_state(path, name, map_location))
+    extra_state = read_state(path, "extra_state", map_location)
     if restore_rng and (path / "rng_state.pt").is_file():
-        restore_rng_state(read("rng_state"))
+        state = read_state(path, "rng_state")
+        if "per_rank" in state:
+            if rank >= len(state["per_rank"]):
+                raise ConfigError(
+                    f"checkpoint {path} holds RNG states for {len(state['per_rank'])} processes, "
+                    f"but this is rank {rank}: resume with the same number of processes"
+                )
+            state = state["per_rank"][rank]
+        restore_rng_state(state)
     return extra_state
 
 
