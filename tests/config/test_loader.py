@@ -172,3 +172,34 @@ def test_every_key_has_help_text():
     walk(Config)
     assert len(all_keys()) > 120
     assert len(seen) > len(all_keys())  # sections were visited too
+
+
+def test_interpolation_of_plain_references():
+    config = load_config(
+        None,
+        [
+            "trainer.project_name=p",
+            "trainer.experiment_name=e",
+            "trainer.default_local_dir=/runs/${trainer.project_name}/${trainer.experiment_name}",
+        ],
+    )
+    assert config.trainer.default_local_dir == "/runs/p/e"
+    with pytest.raises(ConfigError, match=r"cannot resolve \$\{oc.env:HOME\}"):
+        load_config(None, ["trainer.default_local_dir=${oc.env:HOME}/x"])
+    with pytest.raises(ConfigError, match=r"cannot resolve \$\{trainer.nope\}"):
+        load_config(None, ["trainer.default_local_dir=${trainer.nope}"])
+
+
+def test_yaml_nested_ignored_keys_and_empty_sections(tmp_path):
+    path = tmp_path / "verl_style.yaml"
+    path.write_text(
+        "actor_rollout_ref:\n  actor:\n    fsdp_config:\n      param_offload: true\n"
+        "      wrap_policy: {min_num_params: 0}\n  rollout:\n    engine_kwargs: {}\n"
+        "ray_kwargs:\n  ray_init:\n    num_cpus: null\n"
+    )
+    config = load_config(path)
+    assert sorted(k for k, _, _ in config.provenance.ignored) == [
+        "actor_rollout_ref.actor.fsdp_config.param_offload",
+        "actor_rollout_ref.actor.fsdp_config.wrap_policy.min_num_params",
+        "ray_kwargs.ray_init.num_cpus",
+    ]

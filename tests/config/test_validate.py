@@ -177,3 +177,32 @@ def test_startup_report_and_record(tmp_path):
     assert load_config(tmp_path / "config.yaml").data.train_batch_size == 16
     assert json.loads((tmp_path / "derived.json").read_text())["sequences_per_step"] == 16 * 8
     assert (tmp_path / "startup.txt").read_text() == text
+
+
+def test_dynamic_batch_token_budget_must_hold_one_sequence():
+    config = cfg(
+        "actor_rollout_ref.actor.use_dynamic_bsz=true",
+        "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=600",
+        "data.max_prompt_length=512",
+        "data.max_response_length=128",
+    )
+    with pytest.raises(ConfigError, match=r"512 \+ response length 128 = 640\); raise it to at least 640"):
+        validate(config)
+    assert derived_quantities(config)["micro_batches_per_mini_batch"] == "dynamic"
+
+
+def test_more_ranges():
+    with pytest.raises(ConfigError) as err:
+        validate(
+            cfg(
+                "trainer.total_training_steps=0",
+                "trainer.max_actor_ckpt_to_keep=0",
+                "actor_rollout_ref.rollout.val_kwargs.do_sample=true",
+            )
+        )
+    text = str(err.value)
+    assert "trainer.total_training_steps must be >= 1 or null" in text
+    assert "trainer.max_actor_ckpt_to_keep must be >= 1 or null" in text
+    assert (
+        "val_kwargs.temperature must be > 0 when val_kwargs.do_sample=true" in text
+    )  # default temperature 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import re
 import types
 import typing
 from pathlib import Path
@@ -41,9 +42,42 @@ def load_config(yaml_path: str | Path | None = None, overrides: list[str] | tupl
         key, text = _split_override(item, errors)
         if key is not None:
             _apply(config, key, text, is_text=True, source=f"override '{item}'", errors=errors)
+    _interpolate(config, errors)
     if errors:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
     return resolve_config(config)
+
+
+_REFERENCE = re.compile(r"\$\{([^}]*)\}")
+
+
+def _interpolate(config: Config, errors: list[str]) -> None:
+    """Replace ``${a.b.c}`` inside text values by that key's value, as OmegaConf does for plain references
+    (verl's own default is ``checkpoints/${trainer.project_name}/${trainer.experiment_name}``). Resolvers
+    such as ``${oc.env:...}`` are not supported."""
+    for key in all_keys():
+        owner, name, _, _ = _locate(config, key)
+        value = getattr(owner, name)
+        if not isinstance(value, str) or "${" not in value:
+            continue
+
+        def substitute(match: re.Match, key: str = key) -> str:
+            ref = match.group(1).strip()
+            located = _locate(config, ref) if ":" not in ref else None
+            if located is None or located[3]:
+                raise ValueError(
+                    f"{key}: cannot resolve ${{{ref}}}; only references to other keys such as "
+                    "${trainer.project_name} are supported"
+                )
+            target = getattr(located[0], located[1])
+            if isinstance(target, str) and "${" in target:
+                raise ValueError(f"{key}: ${{{ref}}} refers to another interpolation; use a plain value")
+            return str(target)
+
+        try:
+            setattr(owner, name, _REFERENCE.sub(substitute, value))
+        except ValueError as err:
+            errors.append(str(err))
 
 
 def _split_override(item: str, errors: list[str]) -> tuple[str | None, str]:
@@ -77,8 +111,8 @@ def _yaml_items(path: Path) -> list[tuple[str, Any]]:
 def _flatten(tree: dict, prefix: str):
     for name, value in tree.items():
         key = f"{prefix}{name}"
-        if isinstance(value, dict) and value and not _is_dict_field(key):
-            yield from _flatten(value, key + ".")
+        if isinstance(value, dict) and not _is_dict_field(key):
+            yield from _flatten(value, key + ".")  # an empty mapping sets nothing
         else:
             yield key, value
 

@@ -239,7 +239,32 @@ def _range_problems(config: Config) -> list[str]:
         ("algorithm.gamma", 0 <= config.algorithm.gamma <= 1, "in [0, 1]"),
         ("algorithm.lam", 0 <= config.algorithm.lam <= 1, "in [0, 1]"),
         ("trainer.total_epochs", config.trainer.total_epochs >= 1, ">= 1"),
+        (
+            "trainer.total_training_steps",
+            _none_or_at_least(config.trainer.total_training_steps, 1),
+            ">= 1 or null",
+        ),
+        (
+            "trainer.max_actor_ckpt_to_keep",
+            _none_or_at_least(config.trainer.max_actor_ckpt_to_keep, 1),
+            ">= 1 or null",
+        ),
+        ("data.val_batch_size", _none_or_at_least(config.data.val_batch_size, 1), ">= 1 or null"),
+        ("algorithm.kl_ctrl.kl_coef", config.algorithm.kl_ctrl.kl_coef >= 0, ">= 0"),
+        (
+            "reward_model.overlong_buffer.penalty_factor",
+            config.reward_model.overlong_buffer.penalty_factor >= 0,
+            ">= 0",
+        ),
     ]
+    if arr.rollout.val_kwargs.do_sample:
+        checks.append(
+            (
+                "actor_rollout_ref.rollout.val_kwargs.temperature",
+                arr.rollout.val_kwargs.temperature > 0,
+                "> 0 when val_kwargs.do_sample=true",
+            )
+        )
     if arr.rollout.do_sample:
         checks.append(
             ("actor_rollout_ref.rollout.temperature", arr.rollout.temperature > 0, "> 0 when do_sample=true")
@@ -265,6 +290,31 @@ def _range_problems(config: Config) -> list[str]:
             f"actor_rollout_ref.rollout.val_kwargs.n={val.n} with do_sample=false would give {val.n} "
             "identical greedy answers; set val_kwargs.do_sample=true (and a temperature > 0)"
         )
+    out += _token_budget_problems(config)
+    return out
+
+
+def _none_or_at_least(value: int | None, low: int) -> bool:
+    return value is None or value >= low
+
+
+def _token_budget_problems(config: Config) -> list[str]:
+    """With use_dynamic_bsz one micro-batch must hold at least one whole sequence."""
+    data, rollout = config.data, config.actor_rollout_ref.rollout
+    longest = data.max_prompt_length + (rollout.response_length or data.max_response_length)
+    out = []
+    for prefix, section in (
+        ("actor_rollout_ref.actor", config.actor_rollout_ref.actor),
+        ("critic", config.critic),
+    ):
+        if section is config.critic and not config.critic.enable:
+            continue
+        if section.use_dynamic_bsz and section.ppo_max_token_len_per_gpu < longest:
+            out.append(
+                f"{prefix}.ppo_max_token_len_per_gpu={section.ppo_max_token_len_per_gpu} is shorter than the "
+                f"longest sequence (max_prompt_length {data.max_prompt_length} + response length "
+                f"{longest - data.max_prompt_length} = {longest}); raise it to at least {longest}"
+            )
     return out
 
 
