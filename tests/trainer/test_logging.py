@@ -95,3 +95,8 @@ def test_progress_bar_resumes_at_initial_step():
     bar.update(7, {"critic/score/mean": 1.0})
     bar.close()
     assert "7/10" in out.getvalue()
+
+
+def test_non_numeric_metric_is_named(tmp_path):
+    with MetricsLogger(tmp_path, loggers=[]) as logger, pytest.raises(TypeError, match="'bad': 'str'"):
+        logger.log({"good": 1.0, "bad": "x"}, step=1)

@@ -44,6 +44,14 @@ def to_float(value: Any) -> float:
     return float(value)
 
 
+def _is_number(value: Any) -> bool:
+    try:
+        to_float(value)
+    except (TypeError, ValueError, RuntimeError):
+        return False
+    return True
+
+
 class ProgressBar:
     """A tqdm bar over training steps whose postfix shows the key metrics of the latest step."""
 
@@ -118,7 +126,11 @@ class MetricsLogger:
         )
 
     def log(self, metrics: dict[str, Any], step: int) -> None:
-        values = {name: to_float(value) for name, value in metrics.items()}
+        try:
+            values = {name: to_float(value) for name, value in metrics.items()}
+        except (TypeError, ValueError, RuntimeError) as err:
+            bad = {k: type(v).__name__ for k, v in metrics.items() if not _is_number(v)}
+            raise TypeError(f"metrics must be numbers or one-element tensors; not numbers: {bad}") from err
         record = {"step": int(step), **{k: (v if math.isfinite(v) else str(v)) for k, v in values.items()}}
         self._jsonl.write(json.dumps(record) + "\n")
         self._jsonl.flush()
