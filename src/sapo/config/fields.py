@@ -9,12 +9,14 @@ from typing import Any
 NO_VERL_DEFAULT = "(no verl equivalent)"
 
 
-def opt(default: Any, help: str, *, verl: Any = MISSING) -> Any:
+def opt(default: Any, help: str, *, verl: Any = MISSING, placeholder: bool = False) -> Any:
     """A config field: ``default`` (deep-copied for lists and dicts), ``help`` text and, when our default
-    differs from verl's, verl's default (shown in the docs and at start-up)."""
-    metadata = {"help": help}
+    differs from verl's, verl's default (shown in the docs and at start-up; ``placeholder=True`` for verl
+    defaults that are example paths nobody relies on: shown in the docs only)."""
+    metadata: dict[str, Any] = {"help": help}
     if verl is not MISSING:
         metadata["verl_default"] = verl
+        metadata["verl_placeholder"] = placeholder
     if isinstance(default, (list, dict)):
         return field(default_factory=lambda: copy.deepcopy(default), metadata=metadata)
     return field(default=default, metadata=metadata)

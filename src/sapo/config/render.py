@@ -60,6 +60,8 @@ def differences_from_verl(config: Config) -> list[tuple[str, Any, Any]]:
         verl = f.metadata.get("verl_default", dataclasses.MISSING)
         if verl is dataclasses.MISSING or verl == NO_VERL_DEFAULT or key in explicit:
             continue
+        if f.metadata.get("verl_placeholder"):
+            continue
         out.append((key, value, verl))
     return out
 

@@ -25,12 +25,14 @@ class DataConfig:
         None,
         "Training parquet/jsonl file(s) in verl's layout. null: the built-in task (sapo.task).",
         verl="~/data/rlhf/gsm8k/train.parquet",
+        placeholder=True,
     )
     val_files: str | list[str] | None = opt(
         None,
         "Validation file(s). null: the built-in task's validation split when train_files is null, "
         "otherwise no validation.",
         verl="~/data/rlhf/gsm8k/test.parquet",
+        placeholder=True,
     )
     tokenizer: str | None = opt(None, "Tokenizer directory. null: the model's own (model.path).")
     prompt_key: str = opt("prompt", "Column holding the chat messages (a list of {role, content}).")
@@ -60,6 +62,7 @@ class ModelConfig:
         None,
         "Hugging Face model directory. null: build the tiny model (sapo.tiny_model).",
         verl="~/models/deepseek-llm-7b-chat",
+        placeholder=True,
     )
     tokenizer_path: str | None = opt(None, "Tokenizer directory if not the model's.")
     dtype: str = opt(
@@ -199,6 +202,7 @@ class CriticModelConfig:
         None,
         "Value-model directory. null: actor_rollout_ref.model.path (a scalar head is added).",
         verl="~/models/deepseek-llm-7b-chat",
+        placeholder=True,
     )
     tokenizer_path: str | None = opt(None, "Tokenizer directory if not the model's.")
     trust_remote_code: bool = opt(False, "Allow model code from the model directory.")
@@ -270,9 +274,7 @@ class OverlongBufferConfig:
 
 @dataclass
 class RewardModelConfig:
-    reward_manager: str = opt(
-        "naive", "naive (score each response) | dapo (adds the overlong buffer).", verl=None
-    )
+    reward_manager: str = opt("naive", "naive (score each response) | dapo (adds the overlong buffer).")
     overlong_buffer: OverlongBufferConfig = section(OverlongBufferConfig, "DAPO overlong buffer.")
 
 
