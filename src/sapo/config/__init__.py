@@ -2,7 +2,7 @@
 YAML + ``key=value`` loading (:mod:`.loader`), validation and derived quantities (:mod:`.validate`),
 and the resolved-config dump and start-up report (:mod:`.render`). See docs/configuration.md."""
 
-from sapo.config.loader import all_keys, coerce, load_config, resolve_config
+from sapo.config.loader import all_keys, coerce, is_supported_key, load_config, resolve_config
 from sapo.config.render import (
     config_to_dict,
     config_to_yaml,
@@ -30,6 +30,7 @@ __all__ = [
     "effective_loss_agg_mode",
     "find_ignored",
     "format_startup_report",
+    "is_supported_key",
     "load_config",
     "record_startup",
     "resolve_config",

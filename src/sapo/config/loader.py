@@ -158,6 +158,11 @@ def _is_dict_field(key: str) -> bool:
     return located is not None and _is_dict_type(located[2]) and not located[3]
 
 
+def is_supported_key(key: str) -> bool:
+    """True for a config field (a dotted key), including keys inside a mapping field."""
+    return _locate(Config(), ALIASES.get(key, key)) is not None
+
+
 def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
     """Every supported dotted key, in declaration order."""
     keys = []

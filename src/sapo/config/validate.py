@@ -269,8 +269,22 @@ def _range_problems(config: Config) -> list[str]:
         checks.append(
             ("actor_rollout_ref.rollout.temperature", arr.rollout.temperature > 0, "> 0 when do_sample=true")
         )
+    checks += _optim_checks(config)
+    out += [f"{key} must be {rule}" for key, ok, rule in checks if not ok]
+    val = arr.rollout.val_kwargs
+    if val.n > 1 and not val.do_sample:
+        out.append(
+            f"actor_rollout_ref.rollout.val_kwargs.n={val.n} with do_sample=false would give {val.n} "
+            "identical greedy answers; set val_kwargs.do_sample=true (and a temperature > 0)"
+        )
+    out += _token_budget_problems(config)
+    return out
+
+
+def _optim_checks(config: Config) -> list[tuple[str, bool, str]]:
+    checks = []
     for name, optim in (
-        ("actor_rollout_ref.actor.optim", actor.optim),
+        ("actor_rollout_ref.actor.optim", config.actor_rollout_ref.actor.optim),
         ("critic.optim", config.critic.optim),
     ):
         checks += [
@@ -283,15 +297,7 @@ def _range_problems(config: Config) -> list[str]:
                 "two numbers in [0, 1)",
             ),
         ]
-    out += [f"{key} must be {rule}" for key, ok, rule in checks if not ok]
-    val = arr.rollout.val_kwargs
-    if val.n > 1 and not val.do_sample:
-        out.append(
-            f"actor_rollout_ref.rollout.val_kwargs.n={val.n} with do_sample=false would give {val.n} "
-            "identical greedy answers; set val_kwargs.do_sample=true (and a temperature > 0)"
-        )
-    out += _token_budget_problems(config)
-    return out
+    return checks
 
 
 def _none_or_at_least(value: int | None, low: int) -> bool:
