@@ -203,3 +203,14 @@ def test_yaml_nested_ignored_keys_and_empty_sections(tmp_path):
         "actor_rollout_ref.actor.fsdp_config.wrap_policy.min_num_params",
         "ray_kwargs.ray_init.num_cpus",
     ]
+
+
+def test_close_matches_are_specific():
+    from sapo.config.loader import close_matches
+
+    assert close_matches("actor_rollout_ref.actor.tau_poss") == ["actor_rollout_ref.actor.tau_pos"]
+    assert close_matches("actor_rolout_ref.actor.tau_pos") == ["actor_rollout_ref.actor.tau_pos"]
+    assert close_matches("actor_rollout_ref.rollout.val_kwargs.temp") == [
+        "actor_rollout_ref.rollout.val_kwargs.temperature"
+    ]
+    assert close_matches("actor_rollout_ref.actor.lora") == []  # nothing close: no noise

@@ -176,13 +176,17 @@ def all_keys(cls: type = Config, prefix: str = "") -> list[str]:
 
 
 def close_matches(key: str) -> list[str]:
+    """Up to three supported keys close to ``key``: first by the last part among the keys of the same
+    section (a typo in the key name), else by the whole dotted path (a typo in a section name)."""
     candidates = all_keys() + list(ALIASES)
-    matches = difflib.get_close_matches(key, candidates, n=3, cutoff=0.75)
-    if not matches:  # a typo in the last part only: compare leaves under the same parent
-        leaf = key.rsplit(".", 1)[-1]
-        leaves = {c.rsplit(".", 1)[-1]: c for c in candidates if c.startswith(key.rsplit(".", 1)[0] + ".")}
-        matches = [leaves[m] for m in difflib.get_close_matches(leaf, list(leaves), n=3, cutoff=0.6)]
-    return matches
+    parent, _, leaf = key.rpartition(".")
+    parents = sorted({c.rpartition(".")[0] for c in candidates})
+    if parent not in parents:  # a misspelt section: look under the closest one
+        parent = next(iter(difflib.get_close_matches(parent, parents, n=1, cutoff=0.75)), parent)
+    siblings = {c.rpartition(".")[2]: c for c in candidates if c.rpartition(".")[0] == parent}
+    close = difflib.get_close_matches(leaf, list(siblings), n=3, cutoff=0.75)
+    close += [name for name in siblings if name.startswith(leaf) and name not in close]  # abbreviations
+    return [siblings[name] for name in close[:3]]
 
 
 # ---------------------------------------------------------------------------------------- apply
