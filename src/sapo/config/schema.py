@@ -154,9 +154,11 @@ class ActorConfig:
 @dataclass
 class ValKwargsConfig:
     n: int = opt(1, "Responses per validation prompt (k of mean@k / pass@k).")
-    temperature: float = opt(0.0, "Validation sampling temperature.")
-    top_p: float = opt(1.0, "Validation nucleus sampling.")
-    top_k: int = opt(-1, "Validation top-k (-1: off).")
+    temperature: float = opt(
+        0.0, "Validation sampling temperature (used only when do_sample=true, as in verl)."
+    )
+    top_p: float = opt(1.0, "Validation nucleus sampling (do_sample=true only).")
+    top_k: int = opt(-1, "Validation top-k, -1: off (do_sample=true only).")
     do_sample: bool = opt(False, "Sample at validation (false: greedy).")
 
 
