@@ -120,6 +120,8 @@ IGNORED_KEYS: tuple[IgnoredKey, ...] = (
     IgnoredKey("actor_rollout_ref.ref.log_prob_use_dynamic_bsz", _MICRO),
     IgnoredKey("actor_rollout_ref.ref.log_prob_max_token_len_per_gpu", _MICRO),
     IgnoredKey("actor_rollout_ref.rollout.log_prob_use_dynamic_bsz", _MICRO),
+    IgnoredKey("actor_rollout_ref.rollout.log_prob_micro_batch_size", _MICRO),
+    IgnoredKey("actor_rollout_ref.ref.log_prob_micro_batch_size", _MICRO),
     IgnoredKey("actor_rollout_ref.rollout.log_prob_max_token_len_per_gpu", _MICRO),
     IgnoredKey("critic.forward_micro_batch_size*", _MICRO),
     IgnoredKey("critic.forward_max_token_len_per_gpu", _MICRO),
