@@ -1,0 +1,360 @@
+"""The config tree: every supported key, its default and its help text, in one place.
+
+The tree mirrors verl's ``ppo_trainer.yaml`` (key names and meanings), so a verl command line carries over.
+Defaults are verl's except where marked with ``verl=`` in a field: those differ on purpose (SAPO as the
+default loss, GRPO as the default estimator, and sizes small enough for the built-in task to finish on two
+CPU cores). ``sapo train`` prints every such difference that the user did not set explicitly.
+
+The ``sapo`` section is this project's own: the built-in task, tiny model and warm start that
+``sapo train`` uses when no model or data is given.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from sapo.config.builtin import SapoConfig
+from sapo.config.fields import NO_VERL_DEFAULT, opt, section  # noqa: F401 - re-exported
+
+
+# ----------------------------------------------------------------------------------------------- data
+@dataclass
+class DataConfig:
+    train_files: str | list[str] | None = opt(
+        None,
+        "Training parquet/jsonl file(s) in verl's layout. null: the built-in task (sapo.task).",
+        verl="~/data/rlhf/gsm8k/train.parquet",
+        placeholder=True,
+    )
+    val_files: str | list[str] | None = opt(
+        None,
+        "Validation file(s). null: the built-in task's validation split when train_files is null, "
+        "otherwise no validation.",
+        verl="~/data/rlhf/gsm8k/test.parquet",
+        placeholder=True,
+    )
+    tokenizer: str | None = opt(None, "Tokenizer directory. null: the model's own (model.path).")
+    prompt_key: str = opt("prompt", "Column holding the chat messages (a list of {role, content}).")
+    reward_fn_key: str = opt("data_source", "Column whose value selects the scoring function.")
+    max_prompt_length: int = opt(512, "Longest prompt in tokens (after the chat template).")
+    max_response_length: int = opt(16, "Most tokens generated per response.", verl=512)
+    train_batch_size: int = opt(8, "Prompts per training step (each gets rollout.n responses).", verl=1024)
+    val_batch_size: int | None = opt(None, "Prompts per validation generation batch. null: all at once.")
+    train_max_samples: int = opt(-1, "Use at most this many training rows (-1: all).")
+    val_max_samples: int = opt(-1, "Use at most this many validation rows (-1: all).")
+    shuffle: bool = opt(True, "Shuffle training prompts each epoch (seeded, resumable).")
+    seed: int | None = opt(None, "Seed of the prompt sampler. null: trainer.seed.")
+    validation_shuffle: bool = opt(False, "Shuffle validation prompts.")
+    filter_overlong_prompts: bool = opt(
+        False, "Drop prompts longer than max_prompt_length at load time instead of applying `truncation`."
+    )
+    truncation: str = opt("error", "Prompts over max_prompt_length: error | left | right | middle.")
+    apply_chat_template_kwargs: dict = opt(
+        {}, "Extra keyword arguments for tokenizer.apply_chat_template (e.g. enable_thinking: false)."
+    )
+
+
+# ------------------------------------------------------------------------------ actor_rollout_ref
+@dataclass
+class ModelConfig:
+    path: str | None = opt(
+        None,
+        "Hugging Face model directory. null: build the tiny model (sapo.tiny_model).",
+        verl="~/models/deepseek-llm-7b-chat",
+        placeholder=True,
+    )
+    tokenizer_path: str | None = opt(None, "Tokenizer directory if not the model's.")
+    dtype: str = opt(
+        "float32",
+        "Parameter dtype for training: float32 | bfloat16 | float16. "
+        "(sapo key; verl sets precision in fsdp_config.)",
+        verl=NO_VERL_DEFAULT,
+    )
+    trust_remote_code: bool = opt(False, "Allow model code from the model directory.")
+    custom_chat_template: str | None = opt(None, "Jinja chat template replacing the tokenizer's.")
+    override_config: dict = opt({}, "Keys overriding the model's config.json (e.g. attention_dropout).")
+    enable_gradient_checkpointing: bool = opt(
+        False, "Recompute activations in backward to save memory.", verl=True
+    )
+
+
+@dataclass
+class PolicyLossConfig:
+    loss_mode: str = opt(
+        "sapo",
+        "Policy loss (verl names): sapo, vanilla (PPO clip), gspo, clip_cov, "
+        "kl_cov, gpg, ... Checked against sapo.core's registry.",
+        verl="vanilla",
+    )
+    clip_cov_ratio: float = opt(0.0002, "clip_cov: fraction of tokens whose gradient is clipped.")
+    clip_cov_lb: float = opt(1.0, "clip_cov: lower bound of the covariance window.")
+    clip_cov_ub: float = opt(5.0, "clip_cov: upper bound of the covariance window.")
+    kl_cov_ratio: float = opt(0.0002, "kl_cov: fraction of tokens that get the KL penalty.")
+    ppo_kl_coef: float = opt(0.1, "kl_cov: coefficient of that KL penalty.")
+
+
+@dataclass
+class OptimConfig:
+    optimizer: str = opt("AdamW", "Optimizer. Only AdamW (torch.optim) is supported.")
+    lr: float = opt(1e-4, "Peak learning rate.", verl=1e-6)
+    lr_warmup_steps: int | None = opt(
+        -1, "Linear warmup steps. -1/null: lr_warmup_steps_ratio x total steps."
+    )
+    lr_warmup_steps_ratio: float = opt(0.0, "Warmup as a fraction of total optimizer-schedule steps.")
+    total_training_steps: int = opt(-1, "Schedule length. -1: filled in by the trainer (training steps).")
+    weight_decay: float = opt(0.01, "AdamW decoupled weight decay.")
+    betas: list[float] = opt([0.9, 0.999], "AdamW betas.")
+    eps: float = opt(1e-8, "AdamW epsilon. (sapo key)", verl=NO_VERL_DEFAULT)
+    clip_grad: float | None = opt(None, "verl's newer name for grad_clip; when set it wins.")
+    lr_scheduler_type: str = opt("constant", "constant | cosine (after warmup).")
+    min_lr_ratio: float = opt(0.0, "cosine: final lr as a fraction of lr.")
+    num_cycles: float = opt(0.5, "cosine: number of cosine cycles (0.5 = one half-wave down).")
+
+
+@dataclass
+class ActorConfig:
+    ppo_mini_batch_size: int = opt(
+        4, "Prompts per mini-batch (x rollout.n sequences); one optimizer step each.", verl=256
+    )
+    ppo_micro_batch_size_per_gpu: int | None = opt(
+        None, "Sequences per forward/backward pass per process. null: the whole per-process mini-batch."
+    )
+    use_dynamic_bsz: bool = opt(
+        False,
+        "Form micro-batches by token budget (ppo_max_token_len_per_gpu) "
+        "instead of a sequence count. The gradient is the same either way.",
+    )
+    ppo_max_token_len_per_gpu: int = opt(16384, "Token budget of one micro-batch when use_dynamic_bsz.")
+    ppo_epochs: int = opt(1, "Passes over each rollout batch.")
+    shuffle: bool = opt(False, "Shuffle sequences before cutting mini-batches.")
+    data_loader_seed: int | None = opt(None, "Seed of that shuffle. null: trainer.seed.", verl=42)
+    policy_loss: PolicyLossConfig = section(PolicyLossConfig, "Policy-loss selection.")
+    tau_pos: float = opt(1.0, "SAPO gate temperature for positive advantages (arXiv 2511.20347).")
+    tau_neg: float = opt(1.05, "SAPO gate temperature for negative advantages (arXiv 2511.20347).")
+    clip_ratio: float = opt(0.2, "PPO clip epsilon (default for both sides).")
+    clip_ratio_low: float | None = opt(0.2, "Lower clip epsilon (null: clip_ratio).")
+    clip_ratio_high: float | None = opt(0.2, "Upper clip epsilon (null: clip_ratio).")
+    clip_ratio_c: float = opt(3.0, "Dual-clip constant for negative advantages (> 1).")
+    loss_agg_mode: str | None = opt(
+        None,
+        "token-mean | seq-mean-token-sum | seq-mean-token-mean | seq-mean-token-sum-norm. "
+        "null: the loss's own default (sapo: seq-mean-token-mean, others: token-mean).",
+        verl="token-mean",
+    )
+    loss_scale_factor: float | None = opt(None, "seq-mean-token-sum-norm divisor. null: max_response_length.")
+    entropy_coeff: float = opt(0.0, "Entropy bonus coefficient (loss -= coeff x entropy).")
+    use_kl_loss: bool = opt(False, "Add a KL(policy || reference) term to the loss.")
+    kl_loss_coef: float = opt(0.001, "Coefficient of that term.")
+    kl_loss_type: str = opt("low_var_kl", "KL estimator: kl (k1) | abs | mse (k2) | low_var_kl (k3) | full.")
+    grad_clip: float = opt(1.0, "Clip the global gradient norm to this (<= 0: no clipping).")
+    optim: OptimConfig = section(OptimConfig, "Actor optimizer and schedule.")
+
+
+@dataclass
+class ValKwargsConfig:
+    n: int = opt(1, "Responses per validation prompt (k of mean@k / pass@k).")
+    temperature: float = opt(
+        0.0, "Validation sampling temperature (used only when do_sample=true, as in verl)."
+    )
+    top_p: float = opt(1.0, "Validation nucleus sampling (do_sample=true only).")
+    top_k: int = opt(-1, "Validation top-k, -1: off (do_sample=true only).")
+    do_sample: bool = opt(False, "Sample at validation (false: greedy).")
+
+
+@dataclass
+class RolloutConfig:
+    name: str = opt(
+        "hf", "Generation engine: hf (transformers, default) | vllm (optional extra).", verl="??? (required)"
+    )
+    n: int = opt(8, "Responses per prompt (the GRPO group size).", verl=1)
+    temperature: float = opt(1.0, "Sampling temperature.")
+    top_p: float = opt(1.0, "Nucleus sampling.")
+    top_k: int = opt(-1, "Top-k sampling (-1: off).")
+    do_sample: bool = opt(True, "Sample (false: greedy).")
+    prompt_length: int | None = opt(None, "null: data.max_prompt_length.")
+    response_length: int | None = opt(None, "null: data.max_response_length.")
+    gpu_memory_utilization: float = opt(0.5, "vllm only: fraction of GPU memory for the engine.")
+    enforce_eager: bool = opt(False, "vllm only: disable CUDA graphs.")
+    log_prob_micro_batch_size_per_gpu: int | None = opt(
+        None, "Sequences per forward pass when recomputing old_log_prob. null: ppo_micro_batch_size_per_gpu."
+    )
+    val_kwargs: ValKwargsConfig = section(ValKwargsConfig, "Sampling for validation.")
+
+
+@dataclass
+class RefConfig:
+    log_prob_micro_batch_size_per_gpu: int | None = opt(
+        None, "Sequences per forward pass for ref_log_prob. null: ppo_micro_batch_size_per_gpu."
+    )
+
+
+@dataclass
+class ActorRolloutRefConfig:
+    model: ModelConfig = section(ModelConfig, "The policy model.")
+    actor: ActorConfig = section(ActorConfig, "Policy update.")
+    rollout: RolloutConfig = section(RolloutConfig, "Generation.")
+    ref: RefConfig = section(RefConfig, "Reference policy (a frozen copy of the initial model).")
+
+
+# ------------------------------------------------------------------------------------------- critic
+@dataclass
+class CriticModelConfig:
+    path: str | None = opt(
+        None,
+        "Value-model directory. null: actor_rollout_ref.model.path (a scalar head is added).",
+        verl="~/models/deepseek-llm-7b-chat",
+        placeholder=True,
+    )
+    tokenizer_path: str | None = opt(None, "Tokenizer directory if not the model's.")
+    trust_remote_code: bool = opt(False, "Allow model code from the model directory.")
+    override_config: dict = opt({}, "Keys overriding the value model's config.json.")
+    enable_gradient_checkpointing: bool = opt(False, "Recompute activations in backward.", verl=True)
+
+
+@dataclass
+class CriticOptimConfig(OptimConfig):
+    lr: float = opt(1e-5, "Peak learning rate of the value model.")
+
+
+@dataclass
+class CriticConfig:
+    enable: bool | None = opt(None, "Train a value model. null: on exactly when adv_estimator is gae.")
+    model: CriticModelConfig = section(CriticModelConfig, "The value model.")
+    optim: CriticOptimConfig = section(CriticOptimConfig, "Critic optimizer (as the actor's, lr 1e-5).")
+    ppo_mini_batch_size: int | None = opt(None, "Prompts per critic mini-batch. null: the actor's.")
+    ppo_micro_batch_size_per_gpu: int | None = opt(None, "Sequences per critic pass. null: the actor's.")
+    use_dynamic_bsz: bool | None = opt(None, "null: the actor's.")
+    ppo_max_token_len_per_gpu: int = opt(32768, "Token budget of one critic micro-batch (use_dynamic_bsz).")
+    ppo_epochs: int | None = opt(None, "null: the actor's.")
+    shuffle: bool | None = opt(None, "null: the actor's.")
+    cliprange_value: float = opt(0.5, "Value clipping around the old values (PPO, arXiv 1707.06347).")
+    loss_agg_mode: str | None = opt(None, "Value-loss aggregation. null: token-mean.")
+    grad_clip: float = opt(1.0, "Gradient-norm clip for the critic.")
+
+
+# -------------------------------------------------------------------------------------- algorithm
+@dataclass
+class KLControlConfig:
+    type: str = opt("fixed", "fixed | adaptive (Ziegler et al., arXiv 1909.08593).")
+    kl_coef: float = opt(0.001, "KL-in-reward coefficient (initial value when adaptive).")
+    horizon: int = opt(10000, "adaptive: horizon of the proportional controller.")
+    target_kl: float = opt(0.1, "adaptive: KL the controller steers towards.")
+
+
+@dataclass
+class AlgorithmConfig:
+    adv_estimator: str = opt(
+        "grpo",
+        "Advantage estimator (verl names): grpo, gae, rloo, reinforce_plus_plus, "
+        "remax, opo, grpo_passk, ... Checked against sapo.core's registry.",
+        verl="gae",
+    )
+    norm_adv_by_std_in_grpo: bool = opt(
+        True, "GRPO: divide by the group's std (false: Dr. GRPO, arXiv 2503.20783)."
+    )
+    gamma: float = opt(1.0, "Discount factor (gae, reinforce_plus_plus).")
+    lam: float = opt(1.0, "GAE lambda.")
+    use_kl_in_reward: bool = opt(False, "Subtract kl_coef x KL(policy || reference) from token rewards.")
+    kl_penalty: str = opt("kl", "KL estimator for the reward penalty: kl | abs | mse | low_var_kl | full.")
+    kl_ctrl: KLControlConfig = section(KLControlConfig, "KL-in-reward coefficient controller.")
+
+
+# ----------------------------------------------------------------------------------------- rewards
+@dataclass
+class OverlongBufferConfig:
+    enable: bool = opt(
+        False,
+        "DAPO overlong shaping (arXiv 2503.14476): penalise responses that enter the "
+        "last `len` tokens before max_resp_len.",
+    )
+    len: int = opt(0, "Buffer length in tokens.")
+    penalty_factor: float = opt(1.0, "Penalty at the very end of the buffer (linear ramp from 0).")
+    log: bool = opt(False, "Log the overlong reward terms as metrics.")
+    max_resp_len: int | None = opt(None, "Length the buffer ends at. null: data.max_response_length.")
+
+
+@dataclass
+class RewardModelConfig:
+    reward_manager: str = opt("naive", "naive (score each response) | dapo (adds the overlong buffer).")
+    overlong_buffer: OverlongBufferConfig = section(OverlongBufferConfig, "DAPO overlong buffer.")
+
+
+@dataclass
+class CustomRewardFunctionConfig:
+    path: str | None = opt(None, "Python file defining the scoring function. null: built-in by data_source.")
+    name: str = opt(
+        "compute_score",
+        "Function name in that file: f(data_source, solution_str, ground_truth, extra_info) -> float | dict.",
+    )
+
+
+# ------------------------------------------------------------------------------------------ trainer
+@dataclass
+class TrainerConfig:
+    total_epochs: int = opt(1, "Passes over the training prompts.", verl=30)
+    total_training_steps: int | None = opt(None, "Stop after this many steps (null: total_epochs).")
+    project_name: str = opt("sapo", "Project name (wandb project; run directory).", verl="verl_examples")
+    experiment_name: str = opt("default", "Experiment name (wandb run name; run directory).", verl="gsm8k")
+    logger: list[str] = opt(
+        ["console"],
+        "Metric sinks: console, tensorboard, wandb. metrics.jsonl is always written.",
+        verl=["console", "wandb"],
+    )
+    log_val_generations: int = opt(0, "Validation samples (prompt, response, score) to log per validation.")
+    rollout_data_dir: str | None = opt(None, "Write each step's generations as jsonl here.")
+    validation_data_dir: str | None = opt(None, "Write validation generations as jsonl here.")
+    test_freq: int = opt(-1, "Validate every N steps (<= 0: only at the end).")
+    save_freq: int = opt(-1, "Checkpoint every N steps (<= 0: only at the end).")
+    val_before_train: bool = opt(True, "Validate once before the first step.")
+    val_only: bool = opt(False, "Validate and exit.")
+    resume_mode: str = opt("auto", "auto (latest checkpoint if any) | disable | resume_path.")
+    resume_from_path: str | None = opt(None, "Checkpoint directory (global_step_N) for resume_path.")
+    default_local_dir: str | None = opt(
+        None, "Run directory. null: checkpoints/<project_name>/<experiment_name> (as verl)."
+    )
+    max_actor_ckpt_to_keep: int | None = opt(None, "Keep only the newest N checkpoints (null: all).")
+    max_critic_ckpt_to_keep: int | None = opt(
+        None,
+        "Accepted for verl parity; critic state is saved in "
+        "the same checkpoint, so max_actor_ckpt_to_keep governs.",
+    )
+    seed: int = opt(
+        1, "Seed of everything not seeded otherwise (model init, sampling, shuffles).", verl=NO_VERL_DEFAULT
+    )
+    device: str = opt("auto", "auto (cuda if available) | cuda | cpu.", verl="cuda")
+    export_hf: bool = opt(
+        True,
+        "Export the final policy as a Hugging Face directory (run_dir/hf_model). (sapo key)",
+        verl=NO_VERL_DEFAULT,
+    )
+
+
+# ------------------------------------------------------------------------------------------- root
+@dataclass
+class Config:
+    data: DataConfig = section(DataConfig, "Datasets and prompt/response lengths.")
+    actor_rollout_ref: ActorRolloutRefConfig = section(
+        ActorRolloutRefConfig, "Policy, generation, reference."
+    )
+    critic: CriticConfig = section(CriticConfig, "Value model (gae only).")
+    algorithm: AlgorithmConfig = section(AlgorithmConfig, "Advantages and KL in reward.")
+    reward_model: RewardModelConfig = section(RewardModelConfig, "Reward manager.")
+    custom_reward_function: CustomRewardFunctionConfig = section(
+        CustomRewardFunctionConfig, "User scoring function."
+    )
+    trainer: TrainerConfig = section(TrainerConfig, "Loop, logging, checkpoints.")
+    sapo: SapoConfig = section(SapoConfig, "This project's own keys: the built-in default run.")
+    # Not a config key: what load_config saw (explicit keys, ignored keys, aliases). Never dumped.
+    provenance: LoadReport = field(
+        default_factory=lambda: LoadReport(), repr=False, compare=False, metadata={"internal": True}
+    )
+
+
+@dataclass
+class LoadReport:
+    """Where the values came from: filled by :func:`sapo.config.load_config`."""
+
+    explicit: dict[str, str] = field(default_factory=dict)  # canonical key -> "file" | "override"
+    ignored: list[tuple[str, Any, str]] = field(default_factory=list)  # (key as given, value, reason)
+    aliases: list[tuple[str, str]] = field(default_factory=list)  # (key as given, canonical key)

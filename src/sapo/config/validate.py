@@ -1,0 +1,381 @@
+"""Reject impossible configurations before any compute, and derive the quantities a run prints at start-up.
+
+Batch-size meanings are verl's: ``data.train_batch_size`` and ``ppo_mini_batch_size`` count prompts (each
+with ``rollout.n`` responses); ``ppo_micro_batch_size_per_gpu`` counts sequences per process.
+
+The names of losses, estimators and KL types live in sapo.core's registries; :func:`validate` takes them as
+arguments (``valid_loss_modes=...``) so the trainer can pass the registries' keys.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Iterable
+from typing import Any
+
+from sapo.config.schema import Config
+from sapo.errors import ConfigError
+
+LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+# Estimators whose baseline is the prompt's group of responses: they need rollout.n >= 2.
+GROUP_ESTIMATORS = ("grpo", "rloo", "grpo_passk", "opo", "grpo_vectorized", "rloo_vectorized")
+LOGGERS = ("console", "tensorboard", "wandb")
+ROLLOUT_ENGINES = ("hf", "vllm")
+TRUNCATIONS = ("error", "left", "right", "middle")
+RESUME_MODES = ("auto", "disable", "resume_path")
+SCHEDULES = ("constant", "cosine")
+DTYPES = ("float32", "bfloat16", "float16")
+KL_CONTROLLERS = ("fixed", "adaptive")
+REWARD_MANAGERS = ("naive", "dapo")
+DEVICES = ("auto", "cuda", "cpu")
+
+
+def effective_loss_agg_mode(config: Config) -> str:
+    """The aggregation the loss will use: the user's ``loss_agg_mode`` if set, else the loss's default
+    (SAPO: seq-mean-token-mean, as in the paper, arXiv 2511.20347; every other loss: token-mean, verl's)."""
+    actor = config.actor_rollout_ref.actor
+    if actor.loss_agg_mode is not None:
+        return actor.loss_agg_mode
+    return "seq-mean-token-mean" if actor.policy_loss.loss_mode == "sapo" else "token-mean"
+
+
+def validate(
+    config: Config,
+    *,
+    world_size: int = 1,
+    valid_loss_modes: Iterable[str] | None = None,
+    valid_estimators: Iterable[str] | None = None,
+    valid_kl_types: Iterable[str] | None = None,
+) -> None:
+    """Raise one ConfigError listing every problem, each with the arithmetic and the fix."""
+    problems: list[str] = []
+    problems += _batch_problems(config, world_size)
+    problems += _algorithm_problems(config, valid_loss_modes, valid_estimators, valid_kl_types)
+    problems += _choice_problems(config)
+    problems += _range_problems(config)
+    if problems:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def _batch_problems(config: Config, world_size: int) -> list[str]:
+    data, actor, n = config.data, config.actor_rollout_ref.actor, config.actor_rollout_ref.rollout.n
+    batch, mini, micro = data.train_batch_size, actor.ppo_mini_batch_size, actor.ppo_micro_batch_size_per_gpu
+    out = []
+    for key, value in (
+        ("data.train_batch_size", batch),
+        ("actor_rollout_ref.actor.ppo_mini_batch_size", mini),
+        ("actor_rollout_ref.rollout.n", n),
+        ("actor_rollout_ref.actor.ppo_epochs", actor.ppo_epochs),
+    ):
+        if value < 1:
+            out.append(f"{key} must be >= 1 (got {value})")
+    if out:
+        return out
+    if mini > batch:
+        out.append(
+            f"ppo_mini_batch_size={mini} prompts is larger than data.train_batch_size={batch} prompts; "
+            f"set actor_rollout_ref.actor.ppo_mini_batch_size <= {batch}"
+        )
+    elif batch % mini:
+        out.append(
+            f"data.train_batch_size={batch} is not divisible by ppo_mini_batch_size={mini} "
+            f"({batch} / {mini} = {batch / mini:.3g}); choose a divisor of {batch}, e.g. "
+            f"{_divisors_hint(batch, mini)}"
+        )
+    out += _micro_problems("actor_rollout_ref.actor", mini, n, micro, world_size)
+    critic = config.critic
+    if critic.enable and critic.ppo_mini_batch_size is not None:
+        if batch % critic.ppo_mini_batch_size:
+            out.append(
+                f"data.train_batch_size={batch} is not divisible by critic.ppo_mini_batch_size="
+                f"{critic.ppo_mini_batch_size}"
+            )
+        out += _micro_problems(
+            "critic", critic.ppo_mini_batch_size, n, critic.ppo_micro_batch_size_per_gpu, world_size
+        )
+    return out
+
+
+def _micro_problems(prefix: str, mini: int, n: int, micro: int | None, world_size: int) -> list[str]:
+    sequences = mini * n
+    if sequences % world_size:
+        return [
+            f"{prefix}: a mini-batch of {mini} prompts x rollout.n={n} = {sequences} sequences cannot be "
+            f"split evenly over {world_size} processes; make ppo_mini_batch_size x n a multiple of "
+            f"{world_size}"
+        ]
+    per_rank = sequences // world_size
+    if micro is None:
+        return []
+    if micro < 1:
+        return [f"{prefix}.ppo_micro_batch_size_per_gpu must be >= 1 or null (got {micro})"]
+    if per_rank % micro:
+        return [
+            f"{prefix}.ppo_micro_batch_size_per_gpu={micro} does not divide the per-process mini-batch: "
+            f"ppo_mini_batch_size {mini} x n {n} / {world_size} processes = {per_rank} sequences; "
+            f"use a divisor of {per_rank}, e.g. {_divisors_hint(per_rank, micro)}"
+        ]
+    return []
+
+
+def _divisors_hint(total: int, near: int) -> str:
+    divisors = [d for d in range(1, total + 1) if total % d == 0]
+    divisors.sort(key=lambda d: (abs(d - near), d))
+    return " or ".join(str(d) for d in sorted(divisors[:2]))
+
+
+def _algorithm_problems(config: Config, loss_modes, estimators, kl_types) -> list[str]:
+    actor, algo = config.actor_rollout_ref.actor, config.algorithm
+    out = []
+    out += _name_problem(
+        "actor_rollout_ref.actor.policy_loss.loss_mode", actor.policy_loss.loss_mode, loss_modes
+    )
+    out += _name_problem("algorithm.adv_estimator", algo.adv_estimator, estimators)
+    out += _name_problem("actor_rollout_ref.actor.kl_loss_type", actor.kl_loss_type, kl_types)
+    out += _name_problem("algorithm.kl_penalty", algo.kl_penalty, kl_types)
+    if actor.policy_loss.loss_mode == "sapo":
+        for name in ("tau_pos", "tau_neg"):
+            tau = getattr(actor, name)
+            if not tau > 0:
+                out.append(
+                    f"actor_rollout_ref.actor.{name} must be > 0 (got {tau}): the SAPO gate "
+                    f"sigmoid(tau (r - 1)) x 4 / tau divides by tau; the paper uses tau_pos=1.0, "
+                    f"tau_neg=1.05"
+                )
+    n = config.actor_rollout_ref.rollout.n
+    if algo.adv_estimator in GROUP_ESTIMATORS and n < 2:
+        out.append(
+            f"algorithm.adv_estimator={algo.adv_estimator} compares responses within a prompt's group, "
+            f"so it needs actor_rollout_ref.rollout.n >= 2 (got {n}): every advantage would be 0"
+        )
+    if algo.adv_estimator == "gae" and not config.critic.enable:
+        out.append(
+            "algorithm.adv_estimator=gae needs a value model, but critic.enable=false; "
+            "set critic.enable=true (or null) or choose adv_estimator=grpo"
+        )
+    if config.critic.enable and algo.adv_estimator != "gae":
+        out.append(
+            f"critic.enable=true but adv_estimator={algo.adv_estimator} does not use values; "
+            "set critic.enable=null or adv_estimator=gae"
+        )
+    if algo.kl_ctrl.type == "adaptive" and not (algo.kl_ctrl.target_kl > 0 and algo.kl_ctrl.horizon > 0):
+        out.append(
+            "algorithm.kl_ctrl.type=adaptive needs kl_ctrl.target_kl > 0 and kl_ctrl.horizon > 0 "
+            f"(got {algo.kl_ctrl.target_kl}, {algo.kl_ctrl.horizon})"
+        )
+    buffer = config.reward_model.overlong_buffer
+    if buffer.enable and config.reward_model.reward_manager != "dapo":
+        out.append(
+            "reward_model.overlong_buffer.enable=true is applied by the dapo reward manager; set "
+            "reward_model.reward_manager=dapo"
+        )
+    max_len = buffer.max_resp_len or config.data.max_response_length
+    if buffer.enable and not 0 < buffer.len <= max_len:
+        out.append(f"reward_model.overlong_buffer.len={buffer.len} must be in 1..{max_len} (max_resp_len)")
+    return out
+
+
+def _name_problem(key: str, value: str, valid: Iterable[str] | None) -> list[str]:
+    if valid is None:
+        return []
+    valid = sorted(valid)
+    if value in valid:
+        return []
+    near = difflib.get_close_matches(value, valid, n=1)
+    return [
+        f"{key}={value!r} is not a known name"
+        + (f" (did you mean {near[0]!r}?)" if near else "")
+        + f"; choose one of: {', '.join(valid)}"
+    ]
+
+
+def _choice(key: str, value: Any, choices: tuple) -> list[str]:
+    return [] if value in choices else [f"{key}={value!r}: choose one of {', '.join(choices)}"]
+
+
+def _choice_problems(config: Config) -> list[str]:
+    arr, trainer, actor = config.actor_rollout_ref, config.trainer, config.actor_rollout_ref.actor
+    out = []
+    out += _choice("actor_rollout_ref.rollout.name", arr.rollout.name, ROLLOUT_ENGINES)
+    out += _choice("actor_rollout_ref.model.dtype", arr.model.dtype, DTYPES)
+    out += _choice("data.truncation", config.data.truncation, TRUNCATIONS)
+    out += _choice("trainer.resume_mode", trainer.resume_mode, RESUME_MODES)
+    out += _choice("trainer.device", trainer.device, DEVICES)
+    out += _choice("algorithm.kl_ctrl.type", config.algorithm.kl_ctrl.type, KL_CONTROLLERS)
+    out += _choice("reward_model.reward_manager", config.reward_model.reward_manager, REWARD_MANAGERS)
+    for name, optim in (
+        ("actor_rollout_ref.actor.optim", actor.optim),
+        ("critic.optim", config.critic.optim),
+    ):
+        out += _choice(f"{name}.lr_scheduler_type", optim.lr_scheduler_type, SCHEDULES)
+        out += _choice(f"{name}.optimizer", optim.optimizer, ("AdamW",))
+    for key, mode in (
+        ("actor_rollout_ref.actor.loss_agg_mode", actor.loss_agg_mode),
+        ("critic.loss_agg_mode", config.critic.loss_agg_mode),
+    ):
+        if mode is not None:
+            out += _choice(key, mode, LOSS_AGG_MODES)
+    for logger in trainer.logger:
+        out += _choice("trainer.logger entry", logger, LOGGERS)
+    if trainer.resume_mode == "resume_path" and not trainer.resume_from_path:
+        out.append("trainer.resume_mode=resume_path needs trainer.resume_from_path=<run_dir>/global_step_N")
+    return out
+
+
+def _range_problems(config: Config) -> list[str]:
+    arr, actor = config.actor_rollout_ref, config.actor_rollout_ref.actor
+    out = []
+    checks = [
+        ("data.max_prompt_length", config.data.max_prompt_length > 0, "> 0"),
+        ("data.max_response_length", config.data.max_response_length > 0, "> 0"),
+        ("actor_rollout_ref.actor.clip_ratio_low", actor.clip_ratio_low >= 0, ">= 0"),
+        ("actor_rollout_ref.actor.clip_ratio_high", actor.clip_ratio_high >= 0, ">= 0"),
+        ("actor_rollout_ref.actor.clip_ratio_c", actor.clip_ratio_c > 1, "> 1 (dual-clip bound)"),
+        ("actor_rollout_ref.actor.kl_loss_coef", actor.kl_loss_coef >= 0, ">= 0"),
+        ("actor_rollout_ref.rollout.top_p", 0 < arr.rollout.top_p <= 1, "in (0, 1]"),
+        ("actor_rollout_ref.rollout.val_kwargs.n", arr.rollout.val_kwargs.n >= 1, ">= 1"),
+        ("actor_rollout_ref.rollout.val_kwargs.top_p", 0 < arr.rollout.val_kwargs.top_p <= 1, "in (0, 1]"),
+        ("algorithm.gamma", 0 <= config.algorithm.gamma <= 1, "in [0, 1]"),
+        ("algorithm.lam", 0 <= config.algorithm.lam <= 1, "in [0, 1]"),
+        ("trainer.total_epochs", config.trainer.total_epochs >= 1, ">= 1"),
+        (
+            "trainer.total_training_steps",
+            _none_or_at_least(config.trainer.total_training_steps, 1),
+            ">= 1 or null",
+        ),
+        (
+            "trainer.max_actor_ckpt_to_keep",
+            _none_or_at_least(config.trainer.max_actor_ckpt_to_keep, 1),
+            ">= 1 or null",
+        ),
+        ("data.val_batch_size", _none_or_at_least(config.data.val_batch_size, 1), ">= 1 or null"),
+        ("algorithm.kl_ctrl.kl_coef", config.algorithm.kl_ctrl.kl_coef >= 0, ">= 0"),
+        (
+            "reward_model.overlong_buffer.penalty_factor",
+            config.reward_model.overlong_buffer.penalty_factor >= 0,
+            ">= 0",
+        ),
+    ]
+    if arr.rollout.val_kwargs.do_sample:
+        checks.append(
+            (
+                "actor_rollout_ref.rollout.val_kwargs.temperature",
+                arr.rollout.val_kwargs.temperature > 0,
+                "> 0 when val_kwargs.do_sample=true",
+            )
+        )
+    if arr.rollout.do_sample:
+        checks.append(
+            ("actor_rollout_ref.rollout.temperature", arr.rollout.temperature > 0, "> 0 when do_sample=true")
+        )
+    checks += _optim_checks(config)
+    out += [f"{key} must be {rule}" for key, ok, rule in checks if not ok]
+    val = arr.rollout.val_kwargs
+    if val.n > 1 and not val.do_sample:
+        out.append(
+            f"actor_rollout_ref.rollout.val_kwargs.n={val.n} with do_sample=false would give {val.n} "
+            "identical greedy answers; set val_kwargs.do_sample=true (and a temperature > 0)"
+        )
+    out += _token_budget_problems(config)
+    return out
+
+
+def _optim_checks(config: Config) -> list[tuple[str, bool, str]]:
+    checks = []
+    for name, optim in (
+        ("actor_rollout_ref.actor.optim", config.actor_rollout_ref.actor.optim),
+        ("critic.optim", config.critic.optim),
+    ):
+        checks += [
+            (f"{name}.lr", optim.lr > 0, "> 0"),
+            (f"{name}.lr_warmup_steps_ratio", 0 <= optim.lr_warmup_steps_ratio <= 1, "in [0, 1]"),
+            (f"{name}.min_lr_ratio", 0 <= optim.min_lr_ratio <= 1, "in [0, 1]"),
+            (
+                f"{name}.betas",
+                len(optim.betas) == 2 and all(0 <= b < 1 for b in optim.betas),
+                "two numbers in [0, 1)",
+            ),
+        ]
+    return checks
+
+
+def _none_or_at_least(value: int | None, low: int) -> bool:
+    return value is None or value >= low
+
+
+def _token_budget_problems(config: Config) -> list[str]:
+    """With use_dynamic_bsz one micro-batch must hold at least one whole sequence."""
+    data, rollout = config.data, config.actor_rollout_ref.rollout
+    longest = data.max_prompt_length + (rollout.response_length or data.max_response_length)
+    out = []
+    for prefix, section in (
+        ("actor_rollout_ref.actor", config.actor_rollout_ref.actor),
+        ("critic", config.critic),
+    ):
+        if section is config.critic and not config.critic.enable:
+            continue
+        if section.use_dynamic_bsz and section.ppo_max_token_len_per_gpu < longest:
+            out.append(
+                f"{prefix}.ppo_max_token_len_per_gpu={section.ppo_max_token_len_per_gpu} is shorter than the "
+                f"longest sequence (max_prompt_length {data.max_prompt_length} + response length "
+                f"{longest - data.max_prompt_length} = {longest}); raise it to at least {longest}"
+            )
+    return out
+
+
+def derived_quantities(
+    config: Config, *, world_size: int = 1, train_dataset_size: int | None = None
+) -> dict[str, Any]:
+    """The numbers a run is really using, computed from the config (verl's batch semantics)."""
+    data, actor, rollout = config.data, config.actor_rollout_ref.actor, config.actor_rollout_ref.rollout
+    n, mini = rollout.n, actor.ppo_mini_batch_size
+    mini_batches = data.train_batch_size // mini
+    per_rank = mini * n // world_size
+    out: dict[str, Any] = {
+        "world_size": world_size,
+        "prompts_per_step": data.train_batch_size,
+        "sequences_per_step": data.train_batch_size * n,
+        "sequences_per_mini_batch": mini * n,
+        "sequences_per_mini_batch_per_process": per_rank,
+        "mini_batches_per_step": mini_batches,
+        "optimizer_steps_per_step": mini_batches * actor.ppo_epochs,
+        "micro_batch_size_per_process": "token budget " + str(actor.ppo_max_token_len_per_gpu)
+        if actor.use_dynamic_bsz
+        else (actor.ppo_micro_batch_size_per_gpu or per_rank),
+        "micro_batches_per_mini_batch": "dynamic"
+        if actor.use_dynamic_bsz
+        else per_rank // (actor.ppo_micro_batch_size_per_gpu or per_rank),
+        "effective_loss_agg_mode": effective_loss_agg_mode(config),
+        "loss_agg_mode_source": "user" if actor.loss_agg_mode is not None else "loss default",
+        "max_sequence_length": data.max_prompt_length + (rollout.response_length or data.max_response_length),
+        "uses_reference_policy": actor.use_kl_loss or config.algorithm.use_kl_in_reward,
+        "uses_critic": bool(config.critic.enable),
+        "validation_samples_per_prompt": rollout.val_kwargs.n,
+    }
+    if train_dataset_size is not None:
+        out.update(training_schedule(config, train_dataset_size))
+    return out
+
+
+def training_schedule(config: Config, train_dataset_size: int) -> dict[str, int]:
+    """Steps per epoch (the last partial batch is dropped, as verl's loader does), total steps, and the
+    actor's warmup steps (lr_warmup_steps, or lr_warmup_steps_ratio x total optimizer-schedule steps)."""
+    batch = config.data.train_batch_size
+    steps_per_epoch = train_dataset_size // batch
+    if steps_per_epoch == 0:
+        raise ConfigError(
+            f"the training set has {train_dataset_size} prompts, fewer than data.train_batch_size="
+            f"{batch}; lower data.train_batch_size or add data"
+        )
+    total = config.trainer.total_training_steps or steps_per_epoch * config.trainer.total_epochs
+    optim = config.actor_rollout_ref.actor.optim
+    warmup = optim.lr_warmup_steps
+    if warmup is None or warmup < 0:
+        warmup = int(optim.lr_warmup_steps_ratio * total)
+    return {
+        "steps_per_epoch": steps_per_epoch,
+        "total_training_steps": total,
+        "lr_warmup_steps": warmup,
+        "epochs_covered": math.ceil(total / steps_per_epoch),
+    }
