@@ -17,7 +17,6 @@ def test_defaults_are_the_documented_ones():
     assert config.actor_rollout_ref.rollout.response_length == config.data.max_response_length
     assert config.trainer.default_local_dir == "checkpoints/sapo/default"
     assert config.critic.enable is False  # grpo: no value model
-    assert config.sapo.warm_start.enable is True  # no model.path: the tiny model is warm-started
 
 
 def test_typed_parsing_of_overrides():

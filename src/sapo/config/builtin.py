@@ -14,10 +14,12 @@ from sapo.config.fields import opt, section
 
 @dataclass
 class TaskConfig:
-    name: str = opt("addition", "Built-in task used when data.train_files is null (see sapo.data.tasks).")
+    name: str = opt(
+        "arithmetic", "Built-in task used when data.train_files is null: arithmetic | countdown (sapo data)."
+    )
+    knobs: dict = opt({}, "The task's difficulty knobs, e.g. sapo.task.knobs.max_value=99 (see `sapo data`).")
     num_train: int = opt(20000, "Generated training prompts.")
     num_val: int = opt(200, "Generated validation prompts.")
-    max_operand: int = opt(999, "Operands are drawn from 0..max_operand.")
 
 
 @dataclass
@@ -31,10 +33,6 @@ class TinyModelConfig:
 
 @dataclass
 class WarmStartConfig:
-    enable: bool | None = opt(
-        None,
-        "Supervised warm start before RL. null: on when the built-in tiny model is used (model.path null).",
-    )
     lr: float = opt(1e-3, "Warm-start learning rate.")
     batch_size: int = opt(64, "Warm-start examples per step.")
     max_steps: int = opt(2000, "Hard cap on warm-start steps.")

@@ -386,6 +386,4 @@ def resolve_config(config: Config) -> Config:
             setattr(critic, name, getattr(actor, name))
     if critic.model.path is None:
         critic.model.path = arr.model.path
-    if config.sapo.warm_start.enable is None:
-        config.sapo.warm_start.enable = arr.model.path is None
     return config

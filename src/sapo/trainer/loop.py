@@ -1,0 +1,200 @@
+"""The training loop of ``sapo train``: one readable function over the components of a run.
+
+Per step:
+
+1. take ``data.train_batch_size`` prompts from the resumable sampler;
+2. generate ``rollout.n`` responses for each and score them (:mod:`sapo.trainer.rollout_step`);
+3. recompute ``old_log_prob`` with the trainer, unless it is provably identical to the log-prob the
+   first mini-batch will compute (one mini-batch, one epoch, no KL in the reward);
+4. ``ref_log_prob`` when a KL term is on, critic ``values`` for ``gae``;
+5. token rewards (``scores - beta * KL`` with ``algorithm.use_kl_in_reward``) and advantages
+   (``algorithm.adv_estimator``);
+6. update the actor (:mod:`sapo.trainer.actor`) and the critic, then step the learning-rate schedules;
+7. log; validate every ``trainer.test_freq`` steps; checkpoint every ``trainer.save_freq`` steps.
+
+At the end: a last validation and checkpoint, and the policy exported as a Hugging Face directory.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+from sapo.config import Config
+from sapo.core.advantages import compute_advantages
+from sapo.core.diagnostics import rollout_mismatch_metrics
+from sapo.core.kl import kl_penalty
+from sapo.trainer import checkpoint as ckpt
+from sapo.trainer.actor import needs_old_log_prob, update_actor
+from sapo.trainer.critic import compute_values, update_critic
+from sapo.trainer.rollout_step import compute_log_probs, generate_and_score
+from sapo.trainer.run import TrainingRun, start_run
+from sapo.trainer.step_metrics import batch_metrics
+from sapo.trainer.validate import accuracy_of, run_validation
+
+
+@dataclass
+class RunSummary:
+    run_dir: Path
+    steps: int
+    final_metrics: dict[str, float]
+    first_validation: dict[str, float] | None
+    export_dir: Path | None
+
+
+def train(config: Config) -> RunSummary:
+    """Run (or resume) training as configured; return where the outputs are and the last metrics."""
+    run = start_run(config)
+    first_validation = None
+    try:
+        trainer = config.trainer
+        if run.global_step == 0 and trainer.val_before_train and run.val_set is not None:
+            first_validation = validate(run)
+            run.logger.log(first_validation, step=0)
+            if trainer.val_only:
+                return RunSummary(run.run_dir, 0, first_validation, first_validation, None)
+        metrics: dict[str, float] = {}
+        while run.global_step < run.total_steps:
+            metrics = training_step(run)
+            step = run.global_step
+            last = step == run.total_steps
+            if run.val_set is not None and (last or _every(trainer.test_freq, step)):
+                metrics.update(validate(run))
+            run.logger.log(metrics, step=step)
+            if last or _every(trainer.save_freq, step):
+                save(run)
+        export_dir = export(run) if trainer.export_hf else None
+        return RunSummary(run.run_dir, run.global_step, metrics, first_validation, export_dir)
+    finally:
+        run.close()
+
+
+def _every(freq: int, step: int) -> bool:
+    return freq > 0 and step % freq == 0
+
+
+def training_step(run: TrainingRun) -> dict[str, float]:
+    """Steps 1-6 of the module docstring for one batch of prompts; returns the step's metrics."""
+    timing: dict[str, float] = {}
+    start = time.perf_counter()
+    epoch_before = run.sampler.epoch
+    items = [run.train_set[i] for i in run.sampler.next_batch(run.config.data.train_batch_size)]
+    with _timer(timing, "gen"):
+        scored = generate_and_score(run.engine, run.tokenizer, run.reward, items, run.sampling)
+    batch = scored.batch
+    with _timer(timing, "old_log_prob"):
+        if needs_old_log_prob(batch.num_sequences, run.actor) or run.kl_ctrl is not None:
+            batch.old_log_prob = compute_log_probs(run.policy, batch, run.log_prob_micro, run.actor.temperature)
+    if run.reference is not None:
+        with _timer(timing, "ref"):
+            batch.ref_log_prob = compute_log_probs(run.reference, batch, run.log_prob_micro, run.actor.temperature)
+    if run.critic is not None:
+        with _timer(timing, "values"):
+            batch.values = compute_values(run.critic, batch, run.log_prob_micro)
+    with _timer(timing, "adv"):
+        reward_metrics = _rewards_and_advantages(run, batch)
+    with _timer(timing, "update_critic"):
+        critic_metrics = (
+            update_critic(run.critic, run.critic_optimizer, batch, run.critic_settings, run.shuffle_generator)
+            if run.critic is not None
+            else {}
+        )
+    with _timer(timing, "update_actor"):
+        actor_metrics = update_actor(run.policy, run.optimizer, batch, run.actor, run.shuffle_generator)
+    lr = run.scheduler.get_last_lr()[0]
+    run.scheduler.step()
+    if run.critic_scheduler is not None:
+        run.critic_scheduler.step()
+    run.engine.update_weights(run.policy)
+    run.global_step += 1
+    timing["step"] = time.perf_counter() - start
+    metrics = {**batch_metrics(batch, timing), **reward_metrics, **critic_metrics, **actor_metrics}
+    metrics.update(scored.reward.metrics())
+    if batch.old_log_prob is not None:
+        metrics.update(rollout_mismatch_metrics(batch.rollout_log_probs, batch.old_log_prob, batch.response_mask))
+    metrics["actor/lr"] = lr
+    metrics["training/global_step"] = run.global_step
+    metrics["training/epoch"] = epoch_before
+    return metrics
+
+
+def _rewards_and_advantages(run: TrainingRun, batch) -> dict[str, float]:
+    metrics: dict[str, float] = {}
+    batch.token_level_rewards = batch.token_level_scores
+    if run.kl_ctrl is not None:
+        kl = kl_penalty(batch.old_log_prob, batch.ref_log_prob, run.config.algorithm.kl_penalty)  # [N, R]
+        kl = kl * batch.response_mask
+        batch.token_level_rewards = batch.token_level_scores - run.kl_ctrl.value * kl
+        seq_kl = (kl.sum(-1) / batch.response_mask.sum(-1).clamp(min=1)).mean()
+        metrics["actor/reward_kl_penalty"] = float(seq_kl)
+        metrics["actor/reward_kl_penalty_coeff"] = run.kl_ctrl.value
+        run.kl_ctrl.update(float(seq_kl), n_steps=run.config.data.train_batch_size)
+    extra = dict(run.estimator_kwargs)
+    if "values" in extra:
+        extra["values"] = batch.values
+    batch.advantages, batch.returns = compute_advantages(
+        run.config.algorithm.adv_estimator,
+        token_level_rewards=batch.token_level_rewards,
+        response_mask=batch.response_mask,
+        index=batch.group_index,
+        **extra,
+    )
+    return metrics
+
+
+class _timer:
+    def __init__(self, timing: dict[str, float], name: str):
+        self.timing, self.name = timing, name
+
+    def __enter__(self):
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc):
+        self.timing[self.name] = time.perf_counter() - self.start
+
+
+def validate(run: TrainingRun) -> dict[str, float]:
+    start = time.perf_counter()
+    out_dir = run.config.trainer.validation_data_dir
+    metrics = run_validation(
+        run.engine,
+        run.tokenizer,
+        run.reward,
+        run.val_set,
+        run.val_sampling,
+        batch_size=run.config.data.val_batch_size,
+        generations_path=Path(out_dir) / "validation.jsonl" if out_dir else None,
+        step=run.global_step,
+    )
+    accuracy = accuracy_of(metrics)
+    if accuracy is not None:
+        metrics["val-core/acc/mean"] = accuracy
+    metrics["timing_s/testing"] = time.perf_counter() - start
+    return metrics
+
+
+def save(run: TrainingRun) -> Path:
+    components = {}
+    if run.critic is not None:
+        components = {"critic": run.critic, "critic_optimizer": run.critic_optimizer}
+        if run.critic_scheduler is not None:
+            components["critic_scheduler"] = run.critic_scheduler
+    return ckpt.save_checkpoint(
+        run.run_dir,
+        run.global_step,
+        model=run.policy,
+        optimizer=run.optimizer,
+        scheduler=run.scheduler,
+        extra_state=run.extra_state(),
+        components=components,
+        max_to_keep=run.config.trainer.max_actor_ckpt_to_keep,
+    )
+
+
+def export(run: TrainingRun) -> Path:
+    return ckpt.export_hf(run.policy, run.tokenizer, run.run_dir / "hf_model")
+
+
+

@@ -1,0 +1,308 @@
+"""A run's state: every component a training step needs, built once by :func:`start_run`, and what a
+checkpoint saves beyond the weights (:meth:`TrainingRun.extra_state`).
+
+``start_run`` validates the config before any compute, seeds everything, builds the models, data, rollout
+engine, reward manager, optimizers and logger, prints and stores the resolved config and derived
+quantities, and resumes from a checkpoint as ``trainer.resume_mode`` says.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sapo.config import Config, derived_quantities, validate
+from sapo.config.render import record_startup
+from sapo.config.validate import effective_loss_agg_mode, training_schedule
+from sapo.core.advantages import ADVANTAGE_ESTIMATORS, get_advantage_estimator
+from sapo.core.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController
+from sapo.core.losses import POLICY_LOSSES, policy_loss_kwargs
+from sapo.data.sampler import ResumableSampler
+from sapo.rollout import make_rollout_engine
+from sapo.rollout.base import SamplingParams
+from sapo.trainer import checkpoint as ckpt
+from sapo.trainer.actor import ActorUpdateSettings
+from sapo.trainer.logging import MetricsLogger
+from sapo.trainer.optim import build_optimizer_and_scheduler
+from sapo.trainer.setup import (
+    build_dataset,
+    build_models,
+    build_reward,
+    data_files,
+    resolve_device,
+    run_dir_of,
+)
+
+
+@dataclass
+class CriticSettings:
+    ppo_epochs: int
+    mini_batch_size: int
+    micro_batch_size: int
+    shuffle: bool
+    cliprange_value: float
+    loss_agg_mode: str
+    grad_clip: float
+
+
+@dataclass
+class TrainingRun:
+    config: Config
+    run_dir: Path
+    device: torch.device
+    policy: torch.nn.Module
+    tokenizer: object
+    reference: torch.nn.Module | None
+    engine: object
+    reward: object
+    train_set: object
+    val_set: object | None
+    sampler: ResumableSampler
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    actor: ActorUpdateSettings
+    sampling: SamplingParams
+    val_sampling: SamplingParams
+    estimator_kwargs: dict
+    shuffle_generator: torch.Generator
+    logger: MetricsLogger | None
+    total_steps: int
+    log_prob_micro: int
+    kl_ctrl: object | None = None
+    critic: torch.nn.Module | None = None
+    critic_optimizer: torch.optim.Optimizer | None = None
+    critic_scheduler: object | None = None
+    critic_settings: CriticSettings | None = None
+    global_step: int = 0
+    warm_start: dict | None = None
+    derived: dict = field(default_factory=dict)
+
+    def extra_state(self) -> dict:
+        """Everything besides weights and optimizer that the next step depends on."""
+        return {
+            "global_step": self.global_step,
+            "sampler": self.sampler.state_dict(),
+            "shuffle_generator": self.shuffle_generator.get_state(),
+            "kl_coef": None if self.kl_ctrl is None else float(self.kl_ctrl.value),
+        }
+
+    def load_extra_state(self, state: dict) -> None:
+        self.global_step = int(state["global_step"])
+        self.sampler.load_state_dict(state["sampler"])
+        self.shuffle_generator.set_state(state["shuffle_generator"])
+        if self.kl_ctrl is not None and state.get("kl_coef") is not None:
+            self.kl_ctrl.value = float(state["kl_coef"])
+
+    def close(self) -> None:
+        if self.logger is not None:
+            self.logger.close()
+        close = getattr(self.reward, "close", None)
+        if close is not None:
+            close()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
+    validate(
+        config,
+        valid_loss_modes=POLICY_LOSSES,
+        valid_estimators=ADVANTAGE_ESTIMATORS,
+        valid_kl_types=KL_ESTIMATORS,
+    )
+    trainer, data = config.trainer, config.data
+    actor_cfg, rollout_cfg = config.actor_rollout_ref.actor, config.actor_rollout_ref.rollout
+    seed_everything(trainer.seed)
+    run_dir = run_dir_of(config)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(trainer.device)
+    use_kl_in_reward = config.algorithm.use_kl_in_reward
+    models = build_models(config, device, needs_reference=actor_cfg.use_kl_loss or use_kl_in_reward)
+    train_files, val_files = data_files(config, run_dir)
+    train_set = build_dataset(train_files, models.tokenizer, config, data.train_max_samples)
+    val_set = build_dataset(val_files, models.tokenizer, config, data.val_max_samples) if val_files else None
+    schedule = training_schedule(config, len(train_set))
+    total_steps = schedule["total_training_steps"]
+    seed_everything(trainer.seed)  # the same random streams whether or not a warm start just ran
+    optimizer, scheduler = build_optimizer_and_scheduler(models.policy.parameters(), actor_cfg.optim, total_steps)
+    response_length = rollout_cfg.response_length or data.max_response_length
+    n = rollout_cfg.n
+    actor = _actor_settings(config, n)
+    run = TrainingRun(
+        config=config,
+        run_dir=run_dir,
+        device=device,
+        policy=models.policy,
+        tokenizer=models.tokenizer,
+        reference=models.reference,
+        engine=make_rollout_engine(rollout_cfg.name, models.policy, models.tokenizer),
+        reward=build_reward(config, response_length),
+        train_set=train_set,
+        val_set=val_set,
+        sampler=ResumableSampler(
+            len(train_set), shuffle=data.shuffle, seed=data.seed if data.seed is not None else trainer.seed
+        ),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        actor=actor,
+        sampling=SamplingParams(
+            n=n,
+            temperature=rollout_cfg.temperature,
+            top_p=rollout_cfg.top_p,
+            top_k=rollout_cfg.top_k,
+            max_new_tokens=response_length,
+            do_sample=rollout_cfg.do_sample,
+        ),
+        val_sampling=_val_sampling(config, response_length),
+        estimator_kwargs=_estimator_kwargs(config),
+        shuffle_generator=torch.Generator().manual_seed(
+            actor_cfg.data_loader_seed if actor_cfg.data_loader_seed is not None else trainer.seed
+        ),
+        logger=None,
+        total_steps=total_steps,
+        log_prob_micro=rollout_cfg.log_prob_micro_batch_size_per_gpu or actor.micro_batch_size,
+        warm_start=models.warm_start,
+    )
+    if use_kl_in_reward:
+        run.kl_ctrl = _kl_controller(config)
+    if config.critic.enable:
+        _attach_critic(run, models, total_steps)
+    resumed_from = _resume(run)
+    run.derived = {**derived_quantities(config, train_dataset_size=len(train_set)), "run_dir": str(run_dir)}
+    _record_start(run, resumed_from, quiet)
+    run.logger = MetricsLogger(
+        run_dir,
+        trainer.logger,
+        project=trainer.project_name,
+        experiment=trainer.experiment_name,
+        total_steps=total_steps,
+        resume_step=run.global_step,  # 0 on a fresh start: clears an old metrics.jsonl
+    )
+    return run
+
+
+def _actor_settings(config: Config, n: int) -> ActorUpdateSettings:
+    actor_cfg = config.actor_rollout_ref.actor
+    mini = actor_cfg.ppo_mini_batch_size * n
+    numbers = {
+        "tau_pos": actor_cfg.tau_pos,
+        "tau_neg": actor_cfg.tau_neg,
+        "clip_ratio": actor_cfg.clip_ratio,
+        "clip_ratio_low": actor_cfg.clip_ratio_low,
+        "clip_ratio_high": actor_cfg.clip_ratio_high,
+        "clip_ratio_c": actor_cfg.clip_ratio_c,
+        "clip_cov_ratio": actor_cfg.policy_loss.clip_cov_ratio,
+        "clip_cov_lb": actor_cfg.policy_loss.clip_cov_lb,
+        "clip_cov_ub": actor_cfg.policy_loss.clip_cov_ub,
+        "kl_cov_ratio": actor_cfg.policy_loss.kl_cov_ratio,
+        "ppo_kl_coef": actor_cfg.policy_loss.ppo_kl_coef,
+    }
+    loss_mode = actor_cfg.policy_loss.loss_mode
+    return ActorUpdateSettings(
+        loss_mode=loss_mode,
+        loss_agg_mode=effective_loss_agg_mode(config),
+        loss_kwargs=policy_loss_kwargs(loss_mode, **numbers),
+        ppo_epochs=actor_cfg.ppo_epochs,
+        mini_batch_size=mini,
+        micro_batch_size=actor_cfg.ppo_micro_batch_size_per_gpu or mini,
+        shuffle=actor_cfg.shuffle,
+        use_kl_loss=actor_cfg.use_kl_loss,
+        kl_loss_coef=actor_cfg.kl_loss_coef,
+        kl_loss_type=actor_cfg.kl_loss_type,
+        entropy_coeff=actor_cfg.entropy_coeff,
+        grad_clip=actor_cfg.optim.clip_grad if actor_cfg.optim.clip_grad is not None else actor_cfg.grad_clip,
+        temperature=config.actor_rollout_ref.rollout.temperature,
+        loss_scale_factor=actor_cfg.loss_scale_factor or config.data.max_response_length,
+    )
+
+
+def _val_sampling(config: Config, response_length: int) -> SamplingParams:
+    val = config.actor_rollout_ref.rollout.val_kwargs
+    return SamplingParams(
+        n=val.n,
+        temperature=val.temperature,
+        top_p=val.top_p,
+        top_k=val.top_k,
+        max_new_tokens=response_length,
+        do_sample=val.do_sample,
+    )
+
+
+def _estimator_kwargs(config: Config) -> dict:
+    """The numbers of the configured advantage estimator that it takes (by its signature)."""
+    import inspect
+
+    algorithm = config.algorithm
+    available = {
+        "norm_adv_by_std_in_grpo": algorithm.norm_adv_by_std_in_grpo,
+        "gamma": algorithm.gamma,
+        "lam": algorithm.lam,
+        "values": None,  # filled per step from the critic
+    }
+    accepted = inspect.signature(get_advantage_estimator(algorithm.adv_estimator)).parameters
+    return {name: value for name, value in available.items() if name in accepted}
+
+
+def _kl_controller(config: Config):
+    ctrl = config.algorithm.kl_ctrl
+    if ctrl.type == "adaptive":
+        return AdaptiveKLController(ctrl.kl_coef, ctrl.target_kl, ctrl.horizon)
+    return FixedKLController(ctrl.kl_coef)
+
+
+def _attach_critic(run: TrainingRun, models, total_steps: int) -> None:
+    from sapo.models.loading import load_model_and_tokenizer
+    from sapo.trainer.critic import ValueModel
+
+    config = run.config
+    critic_cfg, actor = config.critic, run.actor
+    path = critic_cfg.model.path or models.path
+    base, _ = load_model_and_tokenizer(path, dtype=config.actor_rollout_ref.model.dtype, device=run.device)
+    run.critic = ValueModel(base)
+    run.critic_optimizer, run.critic_scheduler = build_optimizer_and_scheduler(
+        run.critic.parameters(), critic_cfg.optim, total_steps
+    )
+    n = config.actor_rollout_ref.rollout.n
+    mini = (critic_cfg.ppo_mini_batch_size or config.actor_rollout_ref.actor.ppo_mini_batch_size) * n
+    run.critic_settings = CriticSettings(
+        ppo_epochs=critic_cfg.ppo_epochs or actor.ppo_epochs,
+        mini_batch_size=mini,
+        micro_batch_size=critic_cfg.ppo_micro_batch_size_per_gpu or actor.micro_batch_size,
+        shuffle=actor.shuffle if critic_cfg.shuffle is None else critic_cfg.shuffle,
+        cliprange_value=critic_cfg.cliprange_value,
+        loss_agg_mode=critic_cfg.loss_agg_mode or "token-mean",
+        grad_clip=critic_cfg.grad_clip,
+    )
+
+
+def _resume(run: TrainingRun) -> Path | None:
+    trainer = run.config.trainer
+    path = ckpt.find_resume_checkpoint(run.run_dir, trainer.resume_mode, trainer.resume_from_path)
+    if path is None:
+        return None
+    components = {}
+    if run.critic is not None:
+        components = {"critic": run.critic, "critic_optimizer": run.critic_optimizer}
+        if run.critic_scheduler is not None:
+            components["critic_scheduler"] = run.critic_scheduler
+    state = ckpt.load_checkpoint(path, run.policy, run.optimizer, run.scheduler, components=components)
+    run.load_extra_state(state)
+    run.engine.update_weights(run.policy)
+    return path
+
+
+def _record_start(run: TrainingRun, resumed_from: Path | None, quiet: bool) -> None:
+    extra = {"resumed_from": str(resumed_from) if resumed_from else None, "warm_start": run.warm_start}
+    report = record_startup(run.config, {**run.derived, **extra}, run.run_dir)
+    if not quiet:
+        print(report, flush=True)
+        if resumed_from:
+            print(f"resumed from {resumed_from} (step {run.global_step})", flush=True)

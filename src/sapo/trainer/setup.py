@@ -1,0 +1,158 @@
+"""Build a run's components from its config: the one place that reads the config for set-up.
+
+Everything returned is a plain object (model, datasets, engine, reward manager, ...); the loop in
+:mod:`sapo.trainer.loop` never parses the config again beyond reading numbers.
+
+The embedded default: with ``actor_rollout_ref.model.path`` null the policy is the built-in tiny model,
+warm-started on the built-in task (``sapo.task``), and with ``data.train_files`` null the train and
+validation prompts are that task's, written as parquet files into the run directory and read back through
+the same loader as any user dataset.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+
+from sapo.config import Config
+from sapo.data.dataset import RLDataset
+from sapo.data.rows import load_rows
+from sapo.errors import ConfigError
+from sapo.models.loading import load_model_and_tokenizer
+from sapo.rewards.custom import load_custom_reward_function
+from sapo.rewards.managers import build_reward_manager
+
+
+def run_dir_of(config: Config) -> Path:
+    """``trainer.default_local_dir``, or ``checkpoints/<project_name>/<experiment_name>`` as verl."""
+    trainer = config.trainer
+    return Path(trainer.default_local_dir or Path("checkpoints") / trainer.project_name / trainer.experiment_name)
+
+
+def cache_dir() -> Path:
+    """Where warm-started tiny models are cached: ``$SAPO_CACHE`` or ``~/.cache/sapo-rl``."""
+    return Path(os.environ.get("SAPO_CACHE") or Path.home() / ".cache" / "sapo-rl")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("trainer.device=cuda but no CUDA device is visible: use trainer.device=cpu")
+    return torch.device(name)
+
+
+def policy_model_path(config: Config) -> tuple[Path, dict | None]:
+    """The policy's directory, and the warm-start record when the built-in tiny model is used."""
+    path = config.actor_rollout_ref.model.path
+    if path is not None:
+        return Path(path), None
+    from sapo.trainer.warm_start import DEFAULT_SPEC, warm_start, warm_start_info
+
+    task, tiny, ws = config.sapo.task, config.sapo.tiny_model, config.sapo.warm_start
+    spec = replace(
+        DEFAULT_SPEC,
+        arch=tiny.arch,
+        hidden_size=tiny.hidden_size,
+        intermediate_size=tiny.intermediate_size,
+        num_hidden_layers=tiny.num_hidden_layers,
+        num_attention_heads=tiny.num_attention_heads,
+        num_key_value_heads=tiny.num_attention_heads,
+        head_dim=tiny.hidden_size // tiny.num_attention_heads,
+    )
+    model_dir = warm_start(
+        task.name,
+        cache_dir=cache_dir() / "warm_start",
+        seed=config.trainer.seed,
+        knobs=dict(task.knobs),
+        spec=spec,
+        target_accuracy=ws.target_accuracy,
+        check_every=ws.eval_every,
+        max_steps=ws.max_steps,
+        max_seconds=ws.max_seconds,
+        batch_size=ws.batch_size,
+        lr=ws.lr,
+    )
+    return model_dir, warm_start_info(model_dir)
+
+
+def data_files(config: Config, run_dir: Path) -> tuple[list[str], list[str]]:
+    """Train and validation files; the built-in task's parquet files when ``data.train_files`` is null."""
+    data = config.data
+    if data.train_files is not None:
+        val = data.val_files if data.val_files is not None else []
+        return _as_list(data.train_files), _as_list(val)
+    from sapo.data.tasks import generate_splits, get_task
+    from sapo.data.writer import write_rows
+
+    task_cfg = config.sapo.task
+    task = get_task(task_cfg.name)
+    train, test = generate_splits(
+        task, train_size=task_cfg.num_train, test_size=task_cfg.num_val, seed=config.trainer.seed,
+        knobs=dict(task_cfg.knobs),
+    )
+    folder = run_dir / "data"
+    train_path = write_rows(train, folder / "train.parquet")
+    val_path = write_rows(test, folder / "test.parquet")
+    return [str(train_path)], [str(val_path)]
+
+
+def _as_list(value) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def build_dataset(files: list[str], tokenizer, config: Config, max_samples: int) -> RLDataset:
+    data = config.data
+    rows = load_rows(files, prompt_key=data.prompt_key, on_bad_row=data.on_bad_row)
+    if max_samples is not None and max_samples > 0:
+        rows = rows[:max_samples]
+    return RLDataset(
+        rows,
+        tokenizer,
+        prompt_key=data.prompt_key,
+        max_prompt_length=data.max_prompt_length,
+        filter_overlong_prompts=data.filter_overlong_prompts,
+        truncation=data.truncation,
+    )
+
+
+def build_reward(config: Config, max_response_length: int):
+    """The reward manager with the user's scoring function (or the built-in dispatch by data_source)."""
+    custom = config.custom_reward_function
+    compute_score = load_custom_reward_function(custom.path, custom.name) if custom.path else None
+    reward = config.reward_model
+    kwargs = {"on_error": reward.on_error, "timeout_s": reward.timeout_s}
+    if reward.reward_manager == "dapo":
+        buffer = reward.overlong_buffer
+        kwargs.update(
+            overlong_buffer_len=buffer.len,
+            overlong_penalty_factor=buffer.penalty_factor,
+            max_response_length=buffer.max_resp_len or max_response_length,
+        )
+    return build_reward_manager(reward.reward_manager, compute_score, **kwargs)
+
+
+@dataclass
+class Models:
+    policy: torch.nn.Module
+    tokenizer: object
+    reference: torch.nn.Module | None
+    path: Path
+    warm_start: dict | None
+
+
+def build_models(config: Config, device: torch.device, needs_reference: bool) -> Models:
+    path, warm = policy_model_path(config)
+    model_cfg = config.actor_rollout_ref.model
+    policy, tokenizer = load_model_and_tokenizer(path, dtype=model_cfg.dtype, device=device)
+    if model_cfg.enable_gradient_checkpointing:
+        policy.gradient_checkpointing_enable()
+    reference = None
+    if needs_reference:
+        reference = copy.deepcopy(policy).eval()
+        reference.requires_grad_(False)
+    return Models(policy=policy, tokenizer=tokenizer, reference=reference, path=path, warm_start=warm)

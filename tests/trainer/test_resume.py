@@ -1,0 +1,63 @@
+"""A resumed run continues the same trajectory as one that never stopped: same metrics, bit for bit on CPU.
+
+The uninterrupted run saves a checkpoint every step. A "stopped" run is that run's directory cut back to
+checkpoint k, as a crash right after saving step k leaves it (later checkpoints and metrics gone); resuming
+it with resume_mode=auto must reproduce steps k+1.. exactly. The training set has 8 prompts and a step
+takes 2, so an epoch is 4 steps: k=2 stops mid-epoch, k=4 at the epoch boundary.
+"""
+
+import json
+import shutil
+
+import pytest
+
+from sapo.cli import main
+
+TIMING_PREFIXES = ("timing_s/", "perf/throughput", "perf/gen_tokens_per_s")
+
+
+def records(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith(TIMING_PREFIXES)} for r in rows]
+
+
+def cut_back_to(run_dir, step):
+    for path in run_dir.glob("global_step_*"):
+        if int(path.name.rsplit("_", 1)[1]) > step:
+            shutil.rmtree(path)
+    (run_dir / "latest_checkpointed_iteration.txt").write_text(str(step))
+    shutil.rmtree(run_dir / "hf_model", ignore_errors=True)
+
+
+@pytest.fixture
+def uninterrupted(tmp_path, tiny_qwen3, overrides_for):
+    overrides = [
+        *overrides_for(tiny_qwen3, tmp_path / "full"),
+        "trainer.total_training_steps=6",
+        "trainer.save_freq=1",
+        "trainer.test_freq=3",
+        "trainer.logger=[console]",
+        "actor_rollout_ref.actor.ppo_epochs=2",
+        "actor_rollout_ref.actor.shuffle=true",
+        "actor_rollout_ref.actor.optim.lr_scheduler_type=cosine",
+        "actor_rollout_ref.actor.optim.lr_warmup_steps=2",
+    ]
+    assert main(["train", *overrides]) == 0
+    return tmp_path / "full", overrides
+
+
+@pytest.mark.parametrize("stop_after", [2, 4], ids=["mid-epoch", "epoch-boundary"])
+def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, uninterrupted, stop_after):
+    full_dir, overrides = uninterrupted
+    expected = records(full_dir)
+    assert [r["step"] for r in expected] == [0, 1, 2, 3, 4, 5, 6]
+
+    stopped = tmp_path / f"stopped_{stop_after}"
+    shutil.copytree(full_dir, stopped)
+    cut_back_to(stopped, stop_after)
+    resumed_overrides = [o for o in overrides if not o.startswith("trainer.default_local_dir=")]
+    assert main(["train", *resumed_overrides, f"trainer.default_local_dir={stopped}"]) == 0
+
+    got = records(stopped)
+    assert [r["step"] for r in got] == [r["step"] for r in expected]
+    assert got == expected  # every loss, reward, length, lr and validation number, exactly
