@@ -16,7 +16,9 @@ from sapo import __version__
 from sapo.errors import UserError
 
 # name -> (module holding add_arguments/run, one-line help). Only implemented commands are listed.
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("sapo.data.cli", "write a built-in task's train/test parquet files (arithmetic, countdown)"),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
