@@ -27,6 +27,8 @@ from numbers import Real
 
 from sapo.errors import RewardError
 
+STARTUP_TIMEOUT_S = 120.0
+
 
 @dataclass
 class Outcome:
@@ -63,7 +65,9 @@ def call_in_process(function, kwargs: dict) -> Outcome:
 
 
 def _worker_main(function, conn) -> None:
-    """Loop of a worker process: receive ``(i, kwargs)``, send ``(i, ok, result_or_error_text)``."""
+    """Loop of a worker process: say ready, then receive ``(i, kwargs)`` and send
+    ``(i, ok, result_or_error_text)`` until told to stop."""
+    conn.send("ready")
     while True:
         message = conn.recv()
         if message is None:
@@ -92,7 +96,22 @@ class _Worker:
                 f"{err}): define it at module level or load it from a file, or run without a reward timeout"
             ) from err
         child_conn.close()
+        self._wait_until_ready(function)
         self.task: tuple[int, float] | None = None  # (sample index, deadline)
+
+    def _wait_until_ready(self, function) -> None:
+        # Start-up (a fresh interpreter importing the function's module) must not eat into the first
+        # call's timeout, so the pool only hands out work once the worker says it is ready.
+        try:
+            ready = self.conn.poll(STARTUP_TIMEOUT_S) and self.conn.recv() == "ready"
+        except (EOFError, OSError):
+            ready = False
+        if not ready:
+            self.kill()
+            raise RewardError(
+                f"the reward worker process for {function!r} did not start (exit code "
+                f"{self.process.exitcode}): check that the function can be imported in a fresh Python process"
+            )
 
     def kill(self) -> None:
         self.process.kill()
@@ -132,10 +151,11 @@ class WorkerPool:
             next_deadline = min(w.task[1] for w in busy)
             ready = wait([w.conn for w in busy], timeout=max(0.0, next_deadline - time.monotonic()))
             for worker in busy:
+                i, deadline = worker.task
                 if worker.conn in ready:
-                    outcomes[worker.task[0]] = self._receive(worker)
-                elif time.monotonic() >= worker.task[1]:
-                    outcomes[worker.task[0]] = Outcome(
+                    outcomes[i] = self._receive(worker)
+                elif time.monotonic() >= deadline:
+                    outcomes[i] = Outcome(
                         error=f"did not return within the {self.timeout_s:g} s timeout", timed_out=True
                     )
                     self._replace(worker)
@@ -143,8 +163,9 @@ class WorkerPool:
 
     def _receive(self, worker: _Worker) -> Outcome:
         try:
-            i, ok, payload = worker.conn.recv()
+            _, ok, payload = worker.conn.recv()
         except (EOFError, OSError):
+            worker.process.join(timeout=5)  # reap it so that its exit code is known
             code = worker.process.exitcode
             self._replace(worker)
             return Outcome(error=f"killed its worker process (exit code {code})")

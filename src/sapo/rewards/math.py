@@ -11,7 +11,7 @@ Equivalence:
   Hendrycks MATH normalisation (arXiv 2103.03874) that verl's ``math_reward.py`` also uses. Both sides are
   normalised, then equal strings, or equal numbers when both parse as plain decimals, score 1.0:
 
-  1. drop whitespace, ``$``, ``\\!``, ``\\left``/``\\right``, ``^\\circ``/``^{\\circ}``, ``\\%`` and ``%``,
+  1. drop whitespace, ``$`` and ``\\$``, ``\\!``, ``\\left``/``\\right``, ``^\\circ``/``^{\\circ}``, ``\\%`` and ``%``,
      a trailing ``.``; ``\\text{...}`` and ``\\mbox{...}`` keep only their content;
   2. ``\\dfrac``/``\\tfrac`` -> ``\\frac``; ``\\frac12`` -> ``\\frac{1}{2}``; ``\\sqrt2`` -> ``\\sqrt{2}``;
   3. a plain ``a/b`` of integers -> ``\\frac{a}{b}``; ``.5`` -> ``0.5``; ``1,000`` -> ``1000``;
@@ -52,7 +52,7 @@ def normalize_answer(answer: str) -> str:
     """The normalised string of the fallback comparison (steps listed in the module docstring)."""
     s = answer.strip()
     s = re.sub(r"\\(?:text|mbox|textbf|mathrm)\{([^{}]*)\}", r"\1", s)
-    for token in ("\\left", "\\right", "\\!", "^{\\circ}", "^\\circ", "\\%", "%", "$"):
+    for token in ("\\left", "\\right", "\\!", "^{\\circ}", "^\\circ", "\\%", "%", "\\$", "$"):
         s = s.replace(token, "")
     s = re.sub(r"\s+", "", s)
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
