@@ -11,8 +11,8 @@ Equivalence:
   Hendrycks MATH normalisation (arXiv 2103.03874) that verl's ``math_reward.py`` also uses. Both sides are
   normalised, then equal strings, or equal numbers when both parse as plain decimals, score 1.0:
 
-  1. drop whitespace, ``$`` and ``\\$``, ``\\!``, ``\\left``/``\\right``, ``^\\circ``/``^{\\circ}``, ``\\%`` and ``%``,
-     a trailing ``.``; ``\\text{...}`` and ``\\mbox{...}`` keep only their content;
+  1. drop whitespace, ``$`` and ``\\$``, ``\\!``, ``\\left``/``\\right``, ``^\\circ``/``^{\\circ}``,
+     ``\\%`` and ``%``, a trailing ``.``; ``\\text{...}`` and ``\\mbox{...}`` keep only their content;
   2. ``\\dfrac``/``\\tfrac`` -> ``\\frac``; ``\\frac12`` -> ``\\frac{1}{2}``; ``\\sqrt2`` -> ``\\sqrt{2}``;
   3. a plain ``a/b`` of integers -> ``\\frac{a}{b}``; ``.5`` -> ``0.5``; ``1,000`` -> ``1000``;
   4. a single-letter assignment ``x=3`` -> ``3``.
