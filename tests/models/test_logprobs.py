@@ -118,3 +118,19 @@ def test_bad_response_length_and_temperature_are_user_errors(tmp_path):
         token_log_probs(model, ids, mask, ids.shape[1])
     with pytest.raises(UserError, match="temperature"):
         token_log_probs(model, ids, mask, r, temperature=0.0)
+
+
+def test_bfloat16_model_gives_float32_log_probs_close_to_its_float32_twin(tmp_path):
+    path = build_tiny_model(tmp_path / "m", _spec("qwen3", False), chars=CHARS)
+    model32, tok = load_model_and_tokenizer(path)
+    model16, _ = load_model_and_tokenizer(path, dtype="bfloat16")
+    ids, mask, r = _batch(len(tok), [4, 2], [3, 5])
+    lp32, ent32 = token_log_probs(model32, ids, mask, r, compute_entropy=True, chunk_size=3)
+    lp16, ent16 = token_log_probs(model16, ids, mask, r, compute_entropy=True, chunk_size=3)
+    assert lp16.dtype == torch.float32
+    # bf16 keeps 8 mantissa bits: log-probs of a ~26-token vocabulary agree to a few hundredths.
+    torch.testing.assert_close(lp16, lp32, atol=0.05, rtol=0)
+    torch.testing.assert_close(ent16, ent32, atol=0.05, rtol=0)
+    (lp16.sum() + ent16.sum()).backward()
+    grad = model16.lm_head.weight.grad
+    assert grad.dtype == torch.bfloat16 and torch.isfinite(grad).all() and grad.abs().sum() > 0
