@@ -1,0 +1,161 @@
+"""Load a Hugging Face causal language model and its tokenizer from a local directory.
+
+Every model the project trains goes through `load_model_and_tokenizer`: it checks the directory, loads the
+model with ``AutoModelForCausalLM`` (dense or mixture-of-experts) in the requested dtype, loads the tokenizer,
+and prepares the tokenizer for batched generation (left padding, a pad token). Anything a user can fix raises
+a `sapo.errors.UserError` that names the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import torch
+
+from sapo.errors import UserError
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    """``"float32"`` / ``"bfloat16"`` / ``"float16"`` (short names and torch.dtype too) -> torch.dtype."""
+    if isinstance(dtype, torch.dtype):
+        if dtype not in _DTYPES.values():
+            raise UserError(f"unsupported model dtype {dtype}: use float32, bfloat16 or float16")
+        return dtype
+    key = str(dtype).lower().removeprefix("torch.")
+    if key not in _DTYPES:
+        raise UserError(f"unknown model dtype {dtype!r}: use one of float32, bfloat16, float16")
+    return _DTYPES[key]
+
+
+def _check_model_dir(path: Path) -> dict:
+    """The parsed config.json of ``path``; a UserError when the directory or its config is missing."""
+    if not path.exists():
+        raise UserError(
+            f"model path {str(path)!r} does not exist: set actor_rollout_ref.model.path to a local directory "
+            "holding a Hugging Face model (config.json, weights, tokenizer files)"
+        )
+    if not path.is_dir():
+        raise UserError(f"model path {str(path)!r} is a file: point it at the model's directory instead")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise UserError(
+            f"{str(path)!r} has no config.json, so it is not a Hugging Face model directory: save the model "
+            "with model.save_pretrained(dir) or download a full checkpoint there"
+        )
+    try:
+        return json.loads(config_file.read_text())
+    except json.JSONDecodeError as exc:
+        raise UserError(f"{config_file} is not valid JSON ({exc}): re-save the model") from exc
+
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
+
+
+def _check_causal_lm(path: Path, config_json: dict) -> None:
+    """A UserError unless the checkpoint's architecture (or, without one, its model type) is a causal LM."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as causal_lms
+
+    architectures = config_json.get("architectures") or []
+    known = set(causal_lms.values())
+    if architectures and not any(name in known for name in architectures):
+        raise UserError(
+            f"{str(path)!r} holds a {architectures} checkpoint, which is not a causal language model: RL "
+            "training needs a model that AutoModelForCausalLM can load (e.g. Qwen3ForCausalLM, "
+            "LlamaForCausalLM); save the *ForCausalLM class, not the bare backbone"
+        )
+
+
+def _load_model(path: Path, dtype: torch.dtype, device):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+    except ValueError as exc:
+        if "Unrecognized configuration class" in str(exc):
+            raise UserError(
+                f"{str(path)!r} holds a {config.model_type!r} model, which is not a causal language model "
+                f"(architectures: {getattr(config, 'architectures', None)}): RL training needs a model that "
+                "AutoModelForCausalLM can load, e.g. Qwen3ForCausalLM or LlamaForCausalLM"
+            ) from exc
+        raise
+    if device is not None:
+        model = model.to(device)
+    return model
+
+
+def _prepare_tokenizer(tokenizer, model, path: Path):
+    """Left padding (generation appends on the right) and a pad token (falls back to EOS, with a note)."""
+    tokenizer.padding_side = "left"
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise UserError(
+                f"the tokenizer in {str(path)!r} has neither a pad token nor an EOS token: add one with "
+                "tokenizer.add_special_tokens({'pad_token': ...}) and save it again"
+            )
+        warnings.warn(
+            f"the tokenizer in {str(path)!r} has no pad token; using its EOS token {tokenizer.eos_token!r} "
+            "as the pad token (padding is masked out, so this only affects the stored pad id)",
+            stacklevel=3,
+        )
+        tokenizer.pad_token = tokenizer.eos_token
+    if model.config.pad_token_id is None:
+        model.config.pad_token_id = tokenizer.pad_token_id
+    return tokenizer
+
+
+def load_model_and_tokenizer(
+    path: str | Path,
+    *,
+    dtype: str | torch.dtype = "float32",
+    device: str | torch.device | None = None,
+    require_chat_template: bool = False,
+):
+    """Load ``(model, tokenizer)`` from the local directory ``path``.
+
+    The model comes from ``AutoModelForCausalLM`` in ``dtype`` (float32 by default; bfloat16 for large
+    models), moved to ``device`` when given, in train mode as ``from_pretrained`` leaves it. The tokenizer
+    pads on the left and always has a pad token. With ``require_chat_template=True`` a tokenizer without a
+    chat template is an error (the data layer renders prompts with it).
+    """
+    from transformers import AutoTokenizer
+
+    path = Path(path).expanduser()
+    torch_dtype = resolve_dtype(dtype)
+    _check_causal_lm(path, _check_model_dir(path))
+    if not any((path / name).is_file() for name in _TOKENIZER_FILES):
+        raise UserError(
+            f"no tokenizer files in {str(path)!r} (looked for {', '.join(_TOKENIZER_FILES)}): save the "
+            "tokenizer next to the model with tokenizer.save_pretrained(dir)"
+        )
+    model = _load_model(path, torch_dtype, device)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as exc:
+        raise UserError(
+            f"no usable tokenizer in {str(path)!r} ({type(exc).__name__}: {exc}): save the tokenizer next to "
+            "the model with tokenizer.save_pretrained(dir)"
+        ) from exc
+    if len(tokenizer) > model.config.vocab_size:
+        raise UserError(
+            f"the tokenizer in {str(path)!r} has {len(tokenizer)} tokens but the model's vocabulary has "
+            f"{model.config.vocab_size}: resize the embeddings (model.resize_token_embeddings) and save again"
+        )
+    if require_chat_template and not getattr(tokenizer, "chat_template", None):
+        raise UserError(
+            f"the tokenizer in {str(path)!r} has no chat template, and prompts are rendered with it: use an "
+            "instruct/chat checkpoint, add a template (tokenizer.chat_template = ...; save_pretrained), or "
+            "give the data as plain text prompts"
+        )
+    return model, _prepare_tokenizer(tokenizer, model, path)
