@@ -55,9 +55,15 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, uninterru
     stopped = tmp_path / f"stopped_{stop_after}"
     shutil.copytree(full_dir, stopped)
     cut_back_to(stopped, stop_after)
+    kept_lines = "".join((stopped / "metrics.jsonl").read_text().splitlines(keepends=True)[: stop_after + 1])
     resumed_overrides = [o for o in overrides if not o.startswith("trainer.default_local_dir=")]
     assert main(["train", *resumed_overrides, f"trainer.default_local_dir={stopped}"]) == 0
 
+    # It really resumed (a fresh start would replay the same seeded trajectory): the checkpoint is named,
+    # and the metrics lines written before the stop were kept, not rewritten.
+    derived = json.loads((stopped / "derived.json").read_text())
+    assert derived["resumed_from"].endswith(f"global_step_{stop_after}")
+    assert (stopped / "metrics.jsonl").read_text().startswith(kept_lines)
     got = records(stopped)
     assert [r["step"] for r in got] == [r["step"] for r in expected]
     assert got == expected  # every loss, reward, length, lr and validation number, exactly

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sapo.config.builtin import SapoConfig
-from sapo.config.fields import NO_VERL_DEFAULT, opt, section  # noqa: F401 - re-exported
+from sapo.config.fields import NO_VERL_DEFAULT, opt, section
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -49,7 +49,13 @@ class DataConfig:
     filter_overlong_prompts: bool = opt(
         False, "Drop prompts longer than max_prompt_length at load time instead of applying `truncation`."
     )
-    truncation: str = opt("error", "Prompts over max_prompt_length: error | left | right | middle.")
+    truncation: str = opt("error", "Prompts over max_prompt_length: error | left | right.")
+    on_bad_row: str = opt(
+        "error",
+        "A row with a missing field, wrong type or empty prompt: error (stop, naming file, row and field) | "
+        "skip (drop it and log the count). (sapo key)",
+        verl=NO_VERL_DEFAULT,
+    )
     apply_chat_template_kwargs: dict = opt(
         {}, "Extra keyword arguments for tokenizer.apply_chat_template (e.g. enable_thinking: false)."
     )
@@ -277,6 +283,18 @@ class OverlongBufferConfig:
 @dataclass
 class RewardModelConfig:
     reward_manager: str = opt("naive", "naive (score each response) | dapo (adds the overlong buffer).")
+    on_error: str = opt(
+        "raise",
+        "A scoring function that raises, returns a non-number or NaN, or times out: raise (stop, naming the "
+        "sample) | zero (score it 0, counted in reward/failures). (sapo key)",
+        verl=NO_VERL_DEFAULT,
+    )
+    timeout_s: float | None = opt(
+        None,
+        "Seconds one scoring call may take; enforced by running the function in worker processes. null: no "
+        "limit, in-process (fastest). (sapo key)",
+        verl=NO_VERL_DEFAULT,
+    )
     overlong_buffer: OverlongBufferConfig = section(OverlongBufferConfig, "DAPO overlong buffer.")
 
 

@@ -22,7 +22,7 @@ LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "se
 GROUP_ESTIMATORS = ("grpo", "rloo", "grpo_passk", "opo", "grpo_vectorized", "rloo_vectorized")
 LOGGERS = ("console", "tensorboard", "wandb")
 ROLLOUT_ENGINES = ("hf", "vllm")
-TRUNCATIONS = ("error", "left", "right", "middle")
+TRUNCATIONS = ("error", "left", "right")
 RESUME_MODES = ("auto", "disable", "resume_path")
 SCHEDULES = ("constant", "cosine")
 DTYPES = ("float32", "bfloat16", "float16")
@@ -204,6 +204,8 @@ def _choice_problems(config: Config) -> list[str]:
     out += _choice("trainer.device", trainer.device, DEVICES)
     out += _choice("algorithm.kl_ctrl.type", config.algorithm.kl_ctrl.type, KL_CONTROLLERS)
     out += _choice("reward_model.reward_manager", config.reward_model.reward_manager, REWARD_MANAGERS)
+    out += _choice("data.on_bad_row", config.data.on_bad_row, ("error", "skip"))
+    out += _choice("reward_model.on_error", config.reward_model.on_error, ("raise", "zero"))
     for name, optim in (
         ("actor_rollout_ref.actor.optim", actor.optim),
         ("critic.optim", config.critic.optim),

@@ -137,12 +137,12 @@ def _micro_batch_backward(model, micro: Batch, settings: ActorUpdateSettings, co
     )
     entropy_term = aggregate_loss(entropy, mask, settings.loss_agg_mode, **counts)
     loss = pg_loss - settings.entropy_coeff * entropy_term
-    losses = {"actor/pg_loss": float(pg_loss), "actor/entropy_loss": float(entropy_term)}
+    losses = {"actor/pg_loss": pg_loss.item(), "actor/entropy_loss": entropy_term.item()}
     if settings.use_kl_loss:
         kl = kl_penalty(log_prob, micro.ref_log_prob, settings.kl_loss_type)  # [n, R]
         kl_term = aggregate_loss(kl, mask, settings.loss_agg_mode, **counts)
         loss = loss + settings.kl_loss_coef * kl_term
-        losses["actor/kl_loss"] = float(kl_term)
+        losses["actor/kl_loss"] = kl_term.item()
     loss.backward()
     metrics["actor/entropy"] = masked_mean(entropy.detach(), mask).item()
     return metrics, losses

@@ -1,0 +1,85 @@
+"""The actor update against an independent reference: plain autograd on full logits.
+
+On a fully on-policy mini-batch (r = 1) SAPO's gradient is the plain policy gradient (SAPO.md), so one
+update with SGD(lr=1) and no clipping must move every parameter by exactly
+
+    -d/dtheta [ -(1/S) sum_i (1/|o_i|) sum_t A_i log pi(o_it) ]     (seq-mean-token-mean)
+
+computed here from ``model(input_ids).logits`` without any of the trainer's code. The same must hold
+whatever the micro-batch size, because micro-batch losses are normalised by the mini-batch's counts.
+"""
+
+import copy
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from sapo.batch import Batch
+from sapo.models.tiny import TinyModelSpec, build_tiny_model
+from sapo.trainer.actor import ActorUpdateSettings, needs_old_log_prob, update_actor
+
+SPEC = TinyModelSpec(arch="qwen3", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                     num_attention_heads=2, num_key_value_heads=2, head_dim=16)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return build_tiny_model(tmp_path_factory.mktemp("actor"), SPEC, chars="0123456789+=")
+
+
+def make_batch(vocab: int) -> Batch:
+    g = torch.Generator().manual_seed(0)
+    prompt_lengths, response_lengths = [3, 5, 4, 2], [4, 1, 3, 2]
+    P, R = max(prompt_lengths), max(response_lengths)
+    ids = torch.zeros(4, P + R, dtype=torch.long)
+    attention = torch.zeros(4, P + R, dtype=torch.long)
+    response_mask = torch.zeros(4, R)
+    for i, (p, r) in enumerate(zip(prompt_lengths, response_lengths)):
+        ids[i, P - p : P + r] = torch.randint(4, vocab, (p + r,), generator=g)
+        attention[i, P - p : P + r] = 1
+        response_mask[i, :r] = 1
+    advantages = torch.tensor([1.5, -0.5, 0.7, -1.2])[:, None] * response_mask
+    return Batch(input_ids=ids, attention_mask=attention, response_mask=response_mask,
+                 group_index=torch.tensor([0, 0, 1, 1]), truncated=torch.zeros(4, dtype=torch.bool),
+                 advantages=advantages)
+
+
+def reference_gradient(model, batch: Batch) -> dict[str, torch.Tensor]:
+    """-grad of the seq-mean-token-mean policy-gradient surrogate, from full logits."""
+    model = copy.deepcopy(model)
+    positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=positions).logits
+    R = batch.response_length
+    log_probs = torch.log_softmax(logits[:, -R - 1 : -1].float(), dim=-1)  # [B, R, V]
+    token_lp = log_probs.gather(-1, batch.input_ids[:, -R:, None]).squeeze(-1)  # [B, R]
+    per_seq = (batch.advantages * token_lp * batch.response_mask).sum(-1) / batch.response_mask.sum(-1)
+    loss = -per_seq.mean()
+    loss.backward()
+    return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
+
+
+@pytest.mark.parametrize("micro_batch_size", [4, 3, 1])
+def test_on_policy_sapo_update_is_the_policy_gradient_for_any_micro_batch_size(model_dir, micro_batch_size):
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    batch = make_batch(model.config.vocab_size)
+    expected = reference_gradient(model, batch)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    settings = ActorUpdateSettings(loss_mode="sapo", loss_agg_mode="seq-mean-token-mean",
+                                   loss_kwargs={"tau_pos": 1.0, "tau_neg": 1.05}, mini_batch_size=4,
+                                   micro_batch_size=micro_batch_size, shuffle=False, grad_clip=0.0)
+    assert not needs_old_log_prob(batch.num_sequences, settings)
+    metrics = update_actor(model, torch.optim.SGD(model.parameters(), lr=1.0), batch, settings,
+                           torch.Generator().manual_seed(0))
+    assert metrics["actor/sapo/gate_weight_mean"] == pytest.approx(1.0)  # r = 1 on-policy
+    for name, p in model.named_parameters():
+        step = before[name] - p.detach()  # SGD, lr 1: the gradient itself
+        torch.testing.assert_close(step, expected[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_old_log_prob_is_needed_once_the_batch_is_reused():
+    settings = ActorUpdateSettings(loss_mode="sapo", loss_agg_mode="token-mean", mini_batch_size=8)
+    assert not needs_old_log_prob(8, settings)
+    assert needs_old_log_prob(16, settings)  # two mini-batches: the second is off-policy
+    settings.ppo_epochs = 2
+    assert needs_old_log_prob(8, settings)  # a second epoch is off-policy
