@@ -25,6 +25,7 @@ from contextlib import contextmanager
 
 import torch
 
+from sapo.errors import UserError
 from sapo.rollout.base import RolloutBatch, SamplingParams, check_prompts, left_pad
 from sapo.rollout.fast_decoder import FastDecoder, supports_fast_path
 from sapo.rollout.sampling import sample_next_token
@@ -104,7 +105,9 @@ class HFRolloutEngine:
     """Batched KV-cached sampling on the policy model (see the module docstring).
 
     ``fast_path``: ``"auto"`` (compact decoder where supported, else the model's forward), ``True``
-    (require it), ``False`` (always the model's forward).
+    (require it), ``False`` (always the model's forward). The fast path keeps fused copies of the q/k/v and
+    gate/up weights (about two thirds of the decoder's parameters) between calls; on a memory-tight GPU,
+    ``fast_path=False`` avoids that copy.
     """
 
     def __init__(self, model, tokenizer, *, fast_path: bool | str = "auto", eos_token_ids=None):
@@ -113,12 +116,8 @@ class HFRolloutEngine:
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.eos_token_ids = _eos_ids(model, tokenizer, eos_token_ids)
         if not self.eos_token_ids:
-            from sapo.errors import UserError
-
             raise UserError("the tokenizer has no EOS token, so responses could never end: set eos_token")
         if fast_path is True and not supports_fast_path(model):
-            from sapo.errors import UserError
-
             raise UserError(
                 f"fast_path=True but {model.config.model_type!r} is not supported by the fast "
                 "decoder (qwen3, qwen2, llama): use fast_path='auto'"
