@@ -27,7 +27,7 @@ import torch
 
 from sapo.errors import UserError
 from sapo.rollout.base import RolloutBatch, SamplingParams, check_prompts, left_pad
-from sapo.rollout.fast_decoder import FastDecoder, supports_fast_path
+from sapo.rollout.fast_decoder import FastDecoder, fused_layers, supports_fast_path
 from sapo.rollout.sampling import sample_next_token
 
 # Compact the batch once this fraction of its rows has finished: copying the cache costs about as much as
@@ -123,11 +123,12 @@ class HFRolloutEngine:
                 "decoder (qwen3, qwen2, llama): use fast_path='auto'"
             )
         self.fast_path = fast_path
+        self._fused = None  # (parameter versions, fused layer weights) of the fast path
 
     def update_weights(self, weights) -> None:
         """A model: sample from it from now on. A state dict: load it into the held model."""
         if isinstance(weights, torch.nn.Module):
-            self.model = weights
+            self.model, self._fused = weights, None
         else:
             self.model.load_state_dict(weights, strict=False)
 
@@ -136,7 +137,8 @@ class HFRolloutEngine:
 
     def _stepper(self, batch_size: int, max_length: int):
         if self.uses_fast_path():
-            return FastDecoder(self.model, batch_size, max_length)
+            self._fused = fused_layers(self.model, self._fused)
+            return FastDecoder(self.model, self._fused[1], batch_size, max_length)
         return _HFStepper(self.model)
 
     def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> RolloutBatch:
