@@ -129,10 +129,10 @@ class FastDecoder:
         keys, values = self.keys[index][:, :, :stop], self.values[index][:, :, :stop]  # [B, nkv, S, hd]
         if steps == 1:
             out = self._decode_attention(q, keys, values, mask)
-        else:
-            out = F.scaled_dot_product_attention(
-                q, keys, values, attn_mask=mask, enable_gqa=self.n_heads != self.n_kv
-            )  # [B, nh, T, hd]
+        else:  # prefill, once per generate: repeating the KV heads for GQA is cheap enough here
+            group = self.n_heads // self.n_kv
+            keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # [B, nh, T, hd]
         return F.linear(out.transpose(1, 2).reshape(batch, steps, -1), lw.o, lw.o_bias)
 
     def _decode_attention(self, q, keys, values, mask):
