@@ -58,7 +58,7 @@ def _grads(model, logp, ent, mask_r, g):
 
 
 @pytest.mark.parametrize(
-    "arch,tied", [("qwen3", True), ("qwen3", False), ("llama", True), ("llama", False), ("qwen3_moe", False)]
+    "arch,tied", [(arch, tied) for arch in ("qwen3", "llama", "qwen3_moe") for tied in (True, False)]
 )
 def test_chunked_log_probs_match_naive_in_value_and_gradient(tmp_path, arch, tied):
     path = build_tiny_model(tmp_path / "m", _spec(arch, tied), chars=CHARS, seed=1)

@@ -10,7 +10,7 @@ from sapo.models.loading import load_model_and_tokenizer
 from sapo.models.logprobs import token_log_probs
 from sapo.models.tiny import TinyModelSpec, build_char_tokenizer, build_tiny_model
 from sapo.rollout import make_rollout_engine
-from sapo.rollout.base import SamplingParams
+from sapo.rollout.base import RolloutEngine, SamplingParams
 from sapo.rollout.fast_decoder import FastDecoder
 from sapo.rollout.hf import HFRolloutEngine
 
@@ -214,7 +214,8 @@ def test_bad_input_is_rejected_before_compute(tmp_path_factory):
 
 def test_engine_factory(tmp_path_factory):
     model, tok = _model(tmp_path_factory, "qwen3-tied")
-    assert isinstance(make_rollout_engine("hf", model, tok), HFRolloutEngine)
+    engine = make_rollout_engine("hf", model, tok)
+    assert isinstance(engine, HFRolloutEngine) and isinstance(engine, RolloutEngine)
     with pytest.raises(UserError, match="unknown rollout engine 'sglang'.*hf, vllm"):
         make_rollout_engine("sglang", model, tok)
     if not torch.cuda.is_available():

@@ -63,11 +63,11 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model"
 
 
 def _check_causal_lm(path: Path, config_json: dict) -> None:
-    """A UserError unless the checkpoint's architecture (or, without one, its model type) is a causal LM."""
+    """A UserError when the checkpoint lists its architectures and none of them is a causal-LM class."""
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES as causal_lms
 
     architectures = config_json.get("architectures") or []
-    known = set(causal_lms.values())
+    known = {name for value in causal_lms.values() for name in ([value] if isinstance(value, str) else value)}
     if architectures and not any(name in known for name in architectures):
         raise UserError(
             f"{str(path)!r} holds a {architectures} checkpoint, which is not a causal language model: RL "

@@ -11,13 +11,14 @@ naive backward holds several tensors of that size. Here:
 
 1. the backbone (``model.get_decoder()``) gives the final hidden states ``[B, L, H]``;
 2. only the ``R`` positions that predict response tokens are kept, flattened to ``[N, H]``;
-3. `_ChunkedLogProbs` computes logits chunk by chunk of ``chunk_size`` tokens, keeping only
-   the log-prob, entropy and log-normaliser per token; its backward recomputes each chunk's logits and
-   accumulates ``dL/dh`` and ``dL/dW`` directly, using
-   ``dlogp_y/dz = (onehot_y - p) / T`` and ``dH/dz = -p (log p + H) / T``.
+3. `_ChunkedLogProbs` computes the tempered logits ``z = (h / T) W^T`` chunk by chunk of ``chunk_size``
+   tokens, keeping only the log-prob, entropy and log-normaliser per token; its backward recomputes each
+   chunk's logits and accumulates ``dL/dh`` and ``dL/dW`` directly, using
+   ``dlogp_y/dz = onehot_y - p`` and ``dH/dz = -p (log p + H)`` (and ``dz/dh = W / T``).
 
-So at most ``chunk_size x V`` float32 logits (plus a few same-size temporaries) exist at any time, in the
-forward and in the backward pass.
+So two float32 ``[chunk_size, V]`` buffers (reused across chunks) are the only vocabulary-sized tensors, in
+the forward and in the backward pass. The cost is one extra lm-head matmul (the recomputation), which
+the saved memory traffic more than pays for on CPU (see docs/models_and_rollout.md).
 """
 
 from __future__ import annotations

@@ -64,6 +64,50 @@ def build_char_tokenizer(chars: str = PRINTABLE_CHARS, chat_template: str | None
     return tokenizer
 
 
+def _byte_symbols() -> list[str]:
+    """The printable stand-in character of each byte 0..255, as byte-level BPE tokenizers (GPT-2, Qwen)
+    spell bytes: printable Latin-1 bytes stand for themselves, the other 68 map to U+0100 onwards."""
+    keep = {*range(ord("!"), ord("~") + 1), *range(0xA1, 0xAC + 1), *range(0xAE, 256)}
+    symbols, extra = {}, 0
+    for byte in range(256):
+        if byte in keep:
+            symbols[byte] = chr(byte)
+        else:
+            symbols[byte] = chr(256 + extra)
+            extra += 1
+    return [symbols[byte] for byte in range(256)]
+
+
+def build_byte_tokenizer(chat_template: str | None = CHATML_TEMPLATE):
+    """A byte-level fast tokenizer: one token per UTF-8 byte, so any text round-trips (no ``<|unk|>``).
+
+    Token ids: the four special tokens as in `build_char_tokenizer`, then byte ``b`` is id ``4 + b``
+    (vocabulary of 260).
+    """
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
+    for symbol in _byte_symbols():
+        vocab[symbol] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    backend.decoder = decoders.ByteLevel()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=PAD,
+        bos_token=None,
+        eos_token=EOS,
+        unk_token=UNK,
+        additional_special_tokens=[BOS],
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+    )
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    return tokenizer
+
+
 @dataclass(frozen=True)
 class TinyModelSpec:
     """Size of a tiny randomly initialised causal LM. Defaults: the project's benchmark model
@@ -122,17 +166,21 @@ def build_tiny_model(
     chars: str = PRINTABLE_CHARS,
     seed: int = 0,
     dtype: torch.dtype = torch.float32,
+    tokenizer: str = "char",
 ) -> Path:
-    """Build a randomly initialised model and its character tokenizer and save both to ``out_dir``.
+    """Build a randomly initialised model and its tokenizer and save both to ``out_dir``.
 
-    Returns ``out_dir`` so it can be passed straight to ``AutoModelForCausalLM.from_pretrained``.
-    The same ``(spec, chars, seed)`` always gives the same weights.
+    ``tokenizer``: ``"char"`` (one token per character of ``chars``) or ``"byte"`` (one token per UTF-8
+    byte; ``chars`` is ignored). Returns ``out_dir`` so it can be passed straight to
+    ``AutoModelForCausalLM.from_pretrained``. The same ``(spec, chars, seed)`` always gives the same weights.
     """
     from transformers import AutoModelForCausalLM
 
     spec = spec or TinyModelSpec()
     out_dir = Path(out_dir)
-    tokenizer = build_char_tokenizer(chars)
+    if tokenizer not in ("char", "byte"):
+        raise ValueError(f"unknown tiny tokenizer {tokenizer!r}: choose 'char' or 'byte'")
+    tokenizer = build_char_tokenizer(chars) if tokenizer == "char" else build_byte_tokenizer()
     config = tiny_model_config(spec, tokenizer)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)

@@ -14,9 +14,10 @@ the same arithmetic with a handful of tensor ops per layer:
 The cache is allocated once per `generate` call for ``prompt + max_new_tokens`` positions. `select` drops
 finished rows from the batch (compaction) so they stop costing compute.
 
-Weights are read from the live HF modules; the fused ``W_qkv`` / ``W_gate_up`` copies are rebuilt whenever
-any parameter changed in place (tracked through tensor version counters), so an optimizer step on the
-shared model is picked up by the next `generate` without an explicit weight update.
+Weights are read from the live HF modules; the fused ``W_qkv`` / ``W_gate_up`` copies (`fused_layers`,
+held by the engine between calls) are rebuilt whenever any parameter changed in place (tracked through
+tensor version counters), so an optimizer step on the shared model is picked up by the next `generate`
+without an explicit weight update.
 """
 
 from __future__ import annotations
@@ -74,19 +75,30 @@ class _LayerWeights:
         self.down, self.down_bias = mlp.down_proj.weight, mlp.down_proj.bias
 
 
+def fused_layers(model, cached: tuple | None = None) -> tuple:
+    """``(key, per-layer fused weights)``; ``cached`` (an earlier return value) is reused unless a parameter
+    was modified in place (its version counter moved) or replaced (its storage moved)."""
+    key = tuple((p.data_ptr(), p._version) for p in model.parameters())
+    if cached is not None and cached[0] == key:
+        return cached
+    with torch.no_grad():
+        return key, [_LayerWeights(layer) for layer in model.get_decoder().layers]
+
+
 class FastDecoder:
-    """Static-cache decoding for one `generate` call: `prefill` once, then `decode` one token per step."""
+    """Static-cache decoding for one `generate` call: `prefill` once, then `decode` one token per step.
 
-    _weight_cache: dict = {}
+    ``layers`` is the second item of `fused_layers(model)`.
+    """
 
-    def __init__(self, model, batch_size: int, max_length: int):
+    def __init__(self, model, layers: list, batch_size: int, max_length: int):
         config = model.config
         self.model = model
         self.eps = config.rms_norm_eps
         self.n_heads = config.num_attention_heads
         self.n_kv = config.num_key_value_heads
         self.head_dim = getattr(config, "head_dim", None) or config.hidden_size // self.n_heads
-        self.layers = self._fused_layers(model)
+        self.layers = layers
         backbone = model.get_decoder()
         self.embed, self.w_norm = backbone.embed_tokens.weight, backbone.norm.weight
         head = model.get_output_embeddings()
@@ -101,18 +113,6 @@ class FastDecoder:
         self.key_valid = torch.zeros(batch_size, max_length, dtype=torch.bool, device=param.device)
         self.next_pos = torch.zeros(batch_size, dtype=torch.long, device=param.device)  # [B] rope position
         self.length = 0  # filled cache columns
-
-    @classmethod
-    def _fused_layers(cls, model) -> list[_LayerWeights]:
-        """Fused per-layer weights, rebuilt when a parameter was modified in place or replaced."""
-        key = tuple((p.data_ptr(), p._version) for p in model.parameters())
-        cached = cls._weight_cache.get(id(model))
-        if cached is None or cached[0] != key:
-            with torch.no_grad():
-                layers = [_LayerWeights(layer) for layer in model.get_decoder().layers]
-            cls._weight_cache = {id(model): (key, layers)}  # one model at a time: no stale copies kept
-            cached = cls._weight_cache[id(model)]
-        return cached[1]
 
     def _attention(self, x, lw: _LayerWeights, index: int, cos, sin, mask):
         batch, steps, _ = x.shape
@@ -129,10 +129,10 @@ class FastDecoder:
         keys, values = self.keys[index][:, :, :stop], self.values[index][:, :, :stop]  # [B, nkv, S, hd]
         if steps == 1:
             out = self._decode_attention(q, keys, values, mask)
-        else:
-            out = F.scaled_dot_product_attention(
-                q, keys, values, attn_mask=mask, enable_gqa=self.n_heads != self.n_kv
-            )  # [B, nh, T, hd]
+        else:  # prefill, once per generate: repeating the KV heads for GQA is cheap enough here
+            group = self.n_heads // self.n_kv
+            keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
+            out = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask)  # [B, nh, T, hd]
         return F.linear(out.transpose(1, 2).reshape(batch, steps, -1), lw.o, lw.o_bias)
 
     def _decode_attention(self, q, keys, values, mask):

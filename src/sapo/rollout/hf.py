@@ -25,8 +25,9 @@ from contextlib import contextmanager
 
 import torch
 
+from sapo.errors import UserError
 from sapo.rollout.base import RolloutBatch, SamplingParams, check_prompts, left_pad
-from sapo.rollout.fast_decoder import FastDecoder, supports_fast_path
+from sapo.rollout.fast_decoder import FastDecoder, fused_layers, supports_fast_path
 from sapo.rollout.sampling import sample_next_token
 
 # Compact the batch once this fraction of its rows has finished: copying the cache costs about as much as
@@ -104,7 +105,9 @@ class HFRolloutEngine:
     """Batched KV-cached sampling on the policy model (see the module docstring).
 
     ``fast_path``: ``"auto"`` (compact decoder where supported, else the model's forward), ``True``
-    (require it), ``False`` (always the model's forward).
+    (require it), ``False`` (always the model's forward). The fast path keeps fused copies of the q/k/v and
+    gate/up weights (about two thirds of the decoder's parameters) between calls; on a memory-tight GPU,
+    ``fast_path=False`` avoids that copy.
     """
 
     def __init__(self, model, tokenizer, *, fast_path: bool | str = "auto", eos_token_ids=None):
@@ -113,22 +116,19 @@ class HFRolloutEngine:
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.eos_token_ids = _eos_ids(model, tokenizer, eos_token_ids)
         if not self.eos_token_ids:
-            from sapo.errors import UserError
-
             raise UserError("the tokenizer has no EOS token, so responses could never end: set eos_token")
         if fast_path is True and not supports_fast_path(model):
-            from sapo.errors import UserError
-
             raise UserError(
                 f"fast_path=True but {model.config.model_type!r} is not supported by the fast "
                 "decoder (qwen3, qwen2, llama): use fast_path='auto'"
             )
         self.fast_path = fast_path
+        self._fused = None  # (parameter versions, fused layer weights) of the fast path
 
     def update_weights(self, weights) -> None:
         """A model: sample from it from now on. A state dict: load it into the held model."""
         if isinstance(weights, torch.nn.Module):
-            self.model = weights
+            self.model, self._fused = weights, None
         else:
             self.model.load_state_dict(weights, strict=False)
 
@@ -137,7 +137,8 @@ class HFRolloutEngine:
 
     def _stepper(self, batch_size: int, max_length: int):
         if self.uses_fast_path():
-            return FastDecoder(self.model, batch_size, max_length)
+            self._fused = fused_layers(self.model, self._fused)
+            return FastDecoder(self.model, self._fused[1], batch_size, max_length)
         return _HFStepper(self.model)
 
     def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> RolloutBatch:
