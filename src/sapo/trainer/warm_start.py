@@ -67,12 +67,15 @@ def warm_start(
     lr: float = 1e-3,
     dev_size: int = 200,
     train_pool_size: int = 20000,
+    num_threads: int | None = 1,
 ) -> Path:
     """Return the directory of a tiny model fine-tuned on ``task_name`` until its greedy dev accuracy
     reaches ``target_accuracy`` (or a cap stops it); cached by every argument except ``cache_dir``.
 
     ``max_seconds`` is a safety cap: hitting it makes the result depend on the machine's speed, so the
-    step cap and the target are what normally stop training.
+    step cap and the target are what normally stop training. ``num_threads`` (torch intra-op threads while
+    training; None leaves torch's setting) defaults to 1: a ~1M-parameter model gains little from more, and
+    on a shared, oversubscribed machine two threads measured 13x slower per step than one (docs/).
     """
     task = get_task(task_name)
     params = {
@@ -96,7 +99,10 @@ def warm_start(
         return out_dir
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{task.name}-", dir=cache_dir))
+    previous_threads = torch.get_num_threads()
     try:
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
         info = _train(task, params, tmp_dir)
         (tmp_dir / INFO_FILE).write_text(json.dumps({**params, **info}, indent=2))
         try:
@@ -106,6 +112,8 @@ def warm_start(
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
+    finally:
+        torch.set_num_threads(previous_threads)
     return out_dir
 
 
