@@ -1,8 +1,13 @@
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import sapo
 from sapo.errors import RewardError
 from sapo.rewards import (
     DAPORewardManager,
@@ -167,10 +172,28 @@ def test_dapo_penalty_factor_scales_and_dict_results_pass_through(flaky):
     assert result.extra_info["acc"] == [True]
 
 
+def test_dapo_with_a_zero_buffer_has_no_penalty(flaky):
+    manager = DAPORewardManager(
+        flaky, overlong_buffer_len=0, overlong_penalty_factor=1.0, max_response_length=8
+    )
+    result = manager([RewardSample("custom", "7", "7", response_length=8)])
+    assert result.scores == [1.0]
+    assert result.extra_info["overlong"] == [False]
+
+
+def test_importing_data_and_rewards_does_not_import_torch():
+    # reward worker processes import these packages; torch would add seconds and memory to each
+    code = "import sys, sapo.rewards, sapo.data; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    src = str(Path(sapo.__file__).parents[1])  # this checkout's src, not an installed copy
+    env = {**os.environ, "PYTHONPATH": src}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.split() == ["False", "False"]
+
+
 def test_bad_manager_settings_are_rejected():
     with pytest.raises(RewardError, match="one of naive, dapo"):
         build_reward_manager("prime")
-    with pytest.raises(RewardError, match="overlong_buffer.len must be in 1..max_response_length=8"):
+    with pytest.raises(RewardError, match="overlong_buffer.len must be in 0..max_response_length=8"):
         DAPORewardManager(overlong_buffer_len=9, overlong_penalty_factor=1.0, max_response_length=8)
     with pytest.raises(RewardError, match="penalty_factor must be >= 0"):
         DAPORewardManager(overlong_buffer_len=2, overlong_penalty_factor=-1.0, max_response_length=8)
