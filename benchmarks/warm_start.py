@@ -18,7 +18,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--task", default="arithmetic")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--max-seconds", type=float, default=120.0)
+    parser.add_argument("--max-seconds", type=float, default=300.0)
     parser.add_argument("--num-threads", type=int, default=1)
     args = parser.parse_args()
     print("| task | seed | dev accuracy | reached 0.2 | steps | train s | call s | cached call s |")

@@ -39,6 +39,14 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None):
         return {"acc": 1.0}
     if solution_str == "dict":
         return {"score": 0.5, "acc": True}
+    if solution_str == "tensor":
+        import torch
+        return torch.tensor(0.25)
+    if solution_str == "vector":
+        import torch
+        return torch.tensor([1.0, 0.0])
+    if solution_str == "bool":
+        return True
     if solution_str == "hang":
         time.sleep(60)
     if solution_str == "exit":
@@ -74,6 +82,10 @@ def test_naive_manager_scores_with_the_default_dispatch():
     assert result.metrics() == {"reward/failures": 0.0, "reward/timeouts": 0.0}
 
 
+def test_scalar_tensors_and_bools_count_as_numbers(flaky):
+    assert NaiveRewardManager(flaky)(samples("tensor", "bool")).scores == [0.25, 1.0]
+
+
 def test_dict_results_fill_extra_info_with_none_where_missing(flaky):
     result = NaiveRewardManager(flaky)(samples("7", "dict", "8"))
     assert result.scores == [1.0, 0.5, 0.0]
@@ -87,6 +99,7 @@ FAILURES = [
     ("text", "returned str '1.0', not a number"),
     ("none", "returned NoneType None, not a number"),
     ("no-score", "returned a dict without a 'score' key"),
+    ("vector", "returned Tensor tensor([1., 0.]), not a number"),
 ]
 
 

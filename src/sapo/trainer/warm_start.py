@@ -61,10 +61,12 @@ def warm_start(
     spec: TinyModelSpec = DEFAULT_SPEC,
     target_accuracy: float = 0.2,
     check_every: int = 25,
-    max_steps: int = 1500,
-    max_seconds: float = 120.0,
+    max_steps: int = 2000,
+    max_seconds: float = 300.0,
     batch_size: int = 64,
     lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    adam_beta2: float = 0.999,
     dev_size: int = 200,
     train_pool_size: int = 20000,
     num_threads: int | None = 1,
@@ -90,6 +92,8 @@ def warm_start(
         "max_seconds": max_seconds,
         "batch_size": batch_size,
         "lr": lr,
+        "weight_decay": weight_decay,
+        "adam_beta2": adam_beta2,
         "dev_size": dev_size,
         "train_pool_size": train_pool_size,
     }
@@ -139,7 +143,12 @@ def _train(task: Task, params: dict, out_dir: Path) -> dict:
         knobs=params["knobs"],
     )
     examples = [_encode_example(task, tokenizer, row) for row in train_rows]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params["lr"], weight_decay=0.0)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=params["lr"],
+        betas=(0.9, params["adam_beta2"]),
+        weight_decay=params["weight_decay"],
+    )
     rng = random.Random(seed)
     start = time.monotonic()
     step, accuracy = 0, 0.0
