@@ -162,6 +162,13 @@ def test_timeouts_need_a_picklable_function():
         manager(samples("7"))
 
 
+def test_a_worker_that_cannot_load_the_function_is_a_clear_error(flaky, tmp_path):
+    (tmp_path / "flaky_reward.py").unlink()  # the worker reloads the file by path: it is gone
+    manager = NaiveRewardManager(flaky, timeout_s=5.0)
+    with pytest.raises(RewardError, match="reward worker process for compute_score .* did not start"):
+        manager(samples("7"))
+
+
 def test_dapo_overlong_penalty_follows_the_buffer_formula(flaky):
     # L_max = 20, L_buf = 5: no penalty up to 15 tokens, then -(L - 15) / 5 * 1.0
     manager = DAPORewardManager(
