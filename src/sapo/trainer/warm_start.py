@@ -65,7 +65,7 @@ def warm_start(
     max_seconds: float = 300.0,
     batch_size: int = 64,
     lr: float = 1e-3,
-    weight_decay: float = 0.0,
+    weight_decay: float = 0.1,
     adam_beta2: float = 0.999,
     dev_size: int = 200,
     train_pool_size: int = 20000,
