@@ -1,8 +1,13 @@
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
+import sapo
 from sapo.errors import RewardError
 from sapo.rewards import (
     DAPORewardManager,
@@ -34,6 +39,14 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None):
         return {"acc": 1.0}
     if solution_str == "dict":
         return {"score": 0.5, "acc": True}
+    if solution_str == "tensor":
+        import torch
+        return torch.tensor(0.25)
+    if solution_str == "vector":
+        import torch
+        return torch.tensor([1.0, 0.0])
+    if solution_str == "bool":
+        return True
     if solution_str == "hang":
         time.sleep(60)
     if solution_str == "exit":
@@ -69,6 +82,10 @@ def test_naive_manager_scores_with_the_default_dispatch():
     assert result.metrics() == {"reward/failures": 0.0, "reward/timeouts": 0.0}
 
 
+def test_scalar_tensors_and_bools_count_as_numbers(flaky):
+    assert NaiveRewardManager(flaky)(samples("tensor", "bool")).scores == [0.25, 1.0]
+
+
 def test_dict_results_fill_extra_info_with_none_where_missing(flaky):
     result = NaiveRewardManager(flaky)(samples("7", "dict", "8"))
     assert result.scores == [1.0, 0.5, 0.0]
@@ -82,6 +99,7 @@ FAILURES = [
     ("text", "returned str '1.0', not a number"),
     ("none", "returned NoneType None, not a number"),
     ("no-score", "returned a dict without a 'score' key"),
+    ("vector", "returned Tensor tensor([1., 0.]), not a number"),
 ]
 
 
@@ -144,6 +162,13 @@ def test_timeouts_need_a_picklable_function():
         manager(samples("7"))
 
 
+def test_a_worker_that_cannot_load_the_function_is_a_clear_error(flaky, tmp_path):
+    (tmp_path / "flaky_reward.py").unlink()  # the worker reloads the file by path: it is gone
+    manager = NaiveRewardManager(flaky, timeout_s=5.0)
+    with pytest.raises(RewardError, match="reward worker process for compute_score .* did not start"):
+        manager(samples("7"))
+
+
 def test_dapo_overlong_penalty_follows_the_buffer_formula(flaky):
     # L_max = 20, L_buf = 5: no penalty up to 15 tokens, then -(L - 15) / 5 * 1.0
     manager = DAPORewardManager(
@@ -167,10 +192,28 @@ def test_dapo_penalty_factor_scales_and_dict_results_pass_through(flaky):
     assert result.extra_info["acc"] == [True]
 
 
+def test_dapo_with_a_zero_buffer_has_no_penalty(flaky):
+    manager = DAPORewardManager(
+        flaky, overlong_buffer_len=0, overlong_penalty_factor=1.0, max_response_length=8
+    )
+    result = manager([RewardSample("custom", "7", "7", response_length=8)])
+    assert result.scores == [1.0]
+    assert result.extra_info["overlong"] == [False]
+
+
+def test_importing_data_and_rewards_does_not_import_torch():
+    # reward worker processes import these packages; torch would add seconds and memory to each
+    code = "import sys, sapo.rewards, sapo.data; print('torch' in sys.modules, 'transformers' in sys.modules)"
+    src = str(Path(sapo.__file__).parents[1])  # this checkout's src, not an installed copy
+    env = {**os.environ, "PYTHONPATH": src}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env)
+    assert out.stdout.split() == ["False", "False"]
+
+
 def test_bad_manager_settings_are_rejected():
     with pytest.raises(RewardError, match="one of naive, dapo"):
         build_reward_manager("prime")
-    with pytest.raises(RewardError, match="overlong_buffer.len must be in 1..max_response_length=8"):
+    with pytest.raises(RewardError, match="overlong_buffer.len must be in 0..max_response_length=8"):
         DAPORewardManager(overlong_buffer_len=9, overlong_penalty_factor=1.0, max_response_length=8)
     with pytest.raises(RewardError, match="penalty_factor must be >= 0"):
         DAPORewardManager(overlong_buffer_len=2, overlong_penalty_factor=-1.0, max_response_length=8)

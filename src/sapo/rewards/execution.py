@@ -41,13 +41,16 @@ class Outcome:
 
 
 def check_result(result) -> Outcome:
-    """Validate a reward function's return value: a real number, or a dict with a real ``"score"``."""
+    """Validate a reward function's return value: a real number (bool, int, float, numpy scalar, 0-d
+    tensor), or a dict with such a ``"score"``."""
     extra = {}
     if isinstance(result, dict):
         if "score" not in result:
             return Outcome(error=f"returned a dict without a 'score' key (keys: {sorted(result)})")
         extra = {k: v for k, v in result.items() if k != "score"}
         result = result["score"]
+    if getattr(result, "ndim", None) == 0 and hasattr(result, "item"):  # 0-d torch tensor or numpy array
+        result = result.item()
     if not isinstance(result, Real):  # bool, int, float, numpy scalars pass
         return Outcome(error=f"returned {type(result).__name__} {result!r:.80}, not a number")
     score = float(result)

@@ -6,6 +6,7 @@
   ``L`` valid tokens gets ``min(0, -(L - (L_max - L_buf)) / L_buf * overlong_penalty_factor)`` added, i.e.
   0 up to ``L_max - L_buf`` tokens, falling linearly to ``-overlong_penalty_factor`` at ``L_max``
   (verl's DAPORewardManager semantics; it also logs ``acc``, ``overlong_reward`` and ``overlong``).
+  ``overlong_buffer_len=0`` turns the penalty off (verl's ``overlong_buffer.enable=false``).
 
 Failures (see :mod:`sapo.rewards.execution`): with ``on_error="raise"`` (default) the first failing sample
 raises :class:`RewardError` naming it; with ``on_error="zero"`` it scores 0, is logged, and is counted in
@@ -167,10 +168,10 @@ class DAPORewardManager(NaiveRewardManager):
         **kwargs,
     ):
         super().__init__(compute_score, **kwargs)
-        if not 0 < overlong_buffer_len <= max_response_length:
+        if not 0 <= overlong_buffer_len <= max_response_length:
             raise RewardError(
-                f"overlong_buffer.len must be in 1..max_response_length={max_response_length} "
-                f"(got {overlong_buffer_len})"
+                f"overlong_buffer.len must be in 0..max_response_length={max_response_length} "
+                f"(got {overlong_buffer_len}); 0 turns the penalty off"
             )
         if overlong_penalty_factor < 0:
             raise RewardError(f"overlong_buffer.penalty_factor must be >= 0 (got {overlong_penalty_factor})")
@@ -179,6 +180,8 @@ class DAPORewardManager(NaiveRewardManager):
         self.max_response_length = max_response_length
 
     def overlong_penalty(self, response_length: int) -> float:
+        if self.overlong_buffer_len == 0:  # verl's overlong_buffer.enable=false
+            return 0.0
         expected = self.max_response_length - self.overlong_buffer_len
         exceed = response_length - expected
         return min(-exceed / self.overlong_buffer_len * self.overlong_penalty_factor, 0.0)

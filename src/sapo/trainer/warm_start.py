@@ -61,18 +61,23 @@ def warm_start(
     spec: TinyModelSpec = DEFAULT_SPEC,
     target_accuracy: float = 0.2,
     check_every: int = 25,
-    max_steps: int = 1500,
-    max_seconds: float = 120.0,
+    max_steps: int = 2000,
+    max_seconds: float = 300.0,
     batch_size: int = 64,
     lr: float = 1e-3,
+    weight_decay: float = 0.1,
+    adam_beta2: float = 0.999,
     dev_size: int = 200,
     train_pool_size: int = 20000,
+    num_threads: int | None = 1,
 ) -> Path:
     """Return the directory of a tiny model fine-tuned on ``task_name`` until its greedy dev accuracy
     reaches ``target_accuracy`` (or a cap stops it); cached by every argument except ``cache_dir``.
 
     ``max_seconds`` is a safety cap: hitting it makes the result depend on the machine's speed, so the
-    step cap and the target are what normally stop training.
+    step cap and the target are what normally stop training. ``num_threads`` (torch intra-op threads while
+    training; None leaves torch's setting) defaults to 1: a ~1M-parameter model gains little from more, and
+    on a shared, oversubscribed machine two threads measured 13x slower per step than one (docs/).
     """
     task = get_task(task_name)
     params = {
@@ -87,6 +92,8 @@ def warm_start(
         "max_seconds": max_seconds,
         "batch_size": batch_size,
         "lr": lr,
+        "weight_decay": weight_decay,
+        "adam_beta2": adam_beta2,
         "dev_size": dev_size,
         "train_pool_size": train_pool_size,
     }
@@ -96,7 +103,10 @@ def warm_start(
         return out_dir
     Path(cache_dir).mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{task.name}-", dir=cache_dir))
+    previous_threads = torch.get_num_threads()
     try:
+        if num_threads is not None:
+            torch.set_num_threads(num_threads)
         info = _train(task, params, tmp_dir)
         (tmp_dir / INFO_FILE).write_text(json.dumps({**params, **info}, indent=2))
         try:
@@ -106,6 +116,8 @@ def warm_start(
     except BaseException:
         shutil.rmtree(tmp_dir, ignore_errors=True)
         raise
+    finally:
+        torch.set_num_threads(previous_threads)
     return out_dir
 
 
@@ -131,7 +143,12 @@ def _train(task: Task, params: dict, out_dir: Path) -> dict:
         knobs=params["knobs"],
     )
     examples = [_encode_example(task, tokenizer, row) for row in train_rows]
-    optimizer = torch.optim.AdamW(model.parameters(), lr=params["lr"], weight_decay=0.0)
+    optimizer = torch.optim.AdamW(
+        model.parameters(),
+        lr=params["lr"],
+        betas=(0.9, params["adam_beta2"]),
+        weight_decay=params["weight_decay"],
+    )
     rng = random.Random(seed)
     start = time.monotonic()
     step, accuracy = 0, 0.0
