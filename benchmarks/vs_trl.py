@@ -50,8 +50,8 @@ def prepare(workdir: Path) -> dict:
 # ------------------------------------------------------------------------------------------------ sapo
 def run_sapo(paths: dict, mini_batches: int, new_tokens: int, workdir: Path) -> dict:
     from sapo.config import load_config
-    from sapo.trainer.loop import train
     from sapo.trainer.logging import read_metrics
+    from sapo.trainer.loop import train
 
     overrides = [
         f"actor_rollout_ref.model.path={paths['model']}",
@@ -135,8 +135,9 @@ def run_trl(paths: dict, mini_batches: int, new_tokens: int, workdir: Path) -> d
         seed=0,
     )
     clock = StepClock()
-    trainer = GRPOTrainer(model=paths["model"], reward_funcs=reward, args=args, train_dataset=dataset,
-                          callbacks=[clock])
+    trainer = GRPOTrainer(
+        model=paths["model"], reward_funcs=reward, args=args, train_dataset=dataset, callbacks=[clock]
+    )
     start = time.perf_counter()
     trainer.train()
     wall = time.perf_counter() - start
@@ -200,12 +201,16 @@ def main() -> None:
     print(f"\n{'variant':<16}{'framework':<10}{'s/step (median)':>17}{'gen tok/s':>11}{'peak RSS MiB':>14}")
     for variant, trl, sapo in rows:
         for name, r in (("trl", trl), ("sapo", sapo)):
-            print(f"{variant:<16}{name:<10}{r['median_step_s']:>17.3f}{r['gen_tokens_per_s']:>11.0f}"
-                  f"{r['peak_rss_mib']:>14.0f}")
+            print(
+                f"{variant:<16}{name:<10}{r['median_step_s']:>17.3f}{r['gen_tokens_per_s']:>11.0f}"
+                f"{r['peak_rss_mib']:>14.0f}"
+            )
         speed = trl["median_step_s"] / sapo["median_step_s"]
         memory = sapo["peak_rss_mib"] / trl["peak_rss_mib"]
-        print(f"{variant:<16}{'ratio':<10}{'steps/s x' + format(speed, '.2f'):>17}{'':>11}"
-              f"{'RSS x' + format(memory, '.2f'):>14}")
+        print(
+            f"{variant:<16}{'ratio':<10}{'steps/s x' + format(speed, '.2f'):>17}{'':>11}"
+            f"{'RSS x' + format(memory, '.2f'):>14}"
+        )
 
 
 if __name__ == "__main__":

@@ -51,7 +51,10 @@ class Batch:
 
     def split(self, size: int) -> list[Batch]:
         """Consecutive sub-batches of ``size`` rows (the last one may be shorter)."""
-        return [self.select(range(i, min(i + size, self.num_sequences))) for i in range(0, self.num_sequences, size)]
+        return [
+            self.select(range(i, min(i + size, self.num_sequences)))
+            for i in range(0, self.num_sequences, size)
+        ]
 
     def trimmed(self) -> Batch:
         """The same batch without columns that are padding in every row.

@@ -17,8 +17,14 @@ from sapo.errors import UserError
 
 # name -> (module holding add_arguments/run, one-line help). Only implemented commands are listed.
 COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("sapo.trainer.cli", "train a policy with RL (verl config keys; no arguments: the built-in demo)"),
-    "config": ("sapo.config.cli", "check a configuration (verl key names) and print it resolved, without training"),
+    "train": (
+        "sapo.trainer.cli",
+        "train a policy with RL (verl config keys; no arguments: the built-in demo)",
+    ),
+    "config": (
+        "sapo.config.cli",
+        "check a configuration (verl key names) and print it resolved, without training",
+    ),
     "data": ("sapo.data.cli", "write a built-in task's train/test parquet files (arithmetic, countdown)"),
 }
 

@@ -8,8 +8,16 @@ import pytest
 
 from sapo.models.tiny import TinyModelSpec, build_tiny_model
 
-SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-             num_key_value_heads=2, head_dim=16, moe_intermediate_size=16, max_position_embeddings=256)
+SMALL = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    head_dim=16,
+    moe_intermediate_size=16,
+    max_position_embeddings=256,
+)
 
 
 def gsm8k_rows(count: int, seed: int = 0) -> list[dict]:
@@ -18,13 +26,15 @@ def gsm8k_rows(count: int, seed: int = 0) -> list[dict]:
     rows = []
     for i in range(count):
         a, b = rng.randint(1, 9), rng.randint(1, 9)
-        rows.append({
-            "data_source": "openai/gsm8k",
-            "prompt": [{"role": "user", "content": f"{a}+{b}? End with #### answer."}],
-            "ability": "math",
-            "reward_model": {"style": "rule", "ground_truth": str(a + b)},
-            "extra_info": {"split": "train", "index": i},
-        })
+        rows.append(
+            {
+                "data_source": "openai/gsm8k",
+                "prompt": [{"role": "user", "content": f"{a}+{b}? End with #### answer."}],
+                "ability": "math",
+                "reward_model": {"style": "rule", "ground_truth": str(a + b)},
+                "extra_info": {"split": "train", "index": i},
+            }
+        )
     return rows
 
 

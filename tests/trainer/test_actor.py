@@ -19,8 +19,15 @@ from sapo.batch import Batch
 from sapo.models.tiny import TinyModelSpec, build_tiny_model
 from sapo.trainer.actor import ActorUpdateSettings, needs_old_log_prob, update_actor
 
-SPEC = TinyModelSpec(arch="qwen3", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                     num_attention_heads=2, num_key_value_heads=2, head_dim=16)
+SPEC = TinyModelSpec(
+    arch="qwen3",
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    head_dim=16,
+)
 
 
 @pytest.fixture(scope="module")
@@ -40,16 +47,23 @@ def make_batch(vocab: int) -> Batch:
         attention[i, P - p : P + r] = 1
         response_mask[i, :r] = 1
     advantages = torch.tensor([1.5, -0.5, 0.7, -1.2])[:, None] * response_mask
-    return Batch(input_ids=ids, attention_mask=attention, response_mask=response_mask,
-                 group_index=torch.tensor([0, 0, 1, 1]), truncated=torch.zeros(4, dtype=torch.bool),
-                 advantages=advantages)
+    return Batch(
+        input_ids=ids,
+        attention_mask=attention,
+        response_mask=response_mask,
+        group_index=torch.tensor([0, 0, 1, 1]),
+        truncated=torch.zeros(4, dtype=torch.bool),
+        advantages=advantages,
+    )
 
 
 def reference_gradient(model, batch: Batch) -> dict[str, torch.Tensor]:
     """-grad of the seq-mean-token-mean policy-gradient surrogate, from full logits."""
     model = copy.deepcopy(model)
     positions = (batch.attention_mask.cumsum(-1) - 1).clamp(min=0)
-    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=positions).logits
+    logits = model(
+        input_ids=batch.input_ids, attention_mask=batch.attention_mask, position_ids=positions
+    ).logits
     R = batch.response_length
     log_probs = torch.log_softmax(logits[:, -R - 1 : -1].float(), dim=-1)  # [B, R, V]
     token_lp = log_probs.gather(-1, batch.input_ids[:, -R:, None]).squeeze(-1)  # [B, R]
@@ -65,12 +79,19 @@ def test_on_policy_sapo_update_is_the_policy_gradient_for_any_micro_batch_size(m
     batch = make_batch(model.config.vocab_size)
     expected = reference_gradient(model, batch)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
-    settings = ActorUpdateSettings(loss_mode="sapo", loss_agg_mode="seq-mean-token-mean",
-                                   loss_kwargs={"tau_pos": 1.0, "tau_neg": 1.05}, mini_batch_size=4,
-                                   micro_batch_size=micro_batch_size, shuffle=False, grad_clip=0.0)
+    settings = ActorUpdateSettings(
+        loss_mode="sapo",
+        loss_agg_mode="seq-mean-token-mean",
+        loss_kwargs={"tau_pos": 1.0, "tau_neg": 1.05},
+        mini_batch_size=4,
+        micro_batch_size=micro_batch_size,
+        shuffle=False,
+        grad_clip=0.0,
+    )
     assert not needs_old_log_prob(batch.num_sequences, settings)
-    metrics = update_actor(model, torch.optim.SGD(model.parameters(), lr=1.0), batch, settings,
-                           torch.Generator().manual_seed(0))
+    metrics = update_actor(
+        model, torch.optim.SGD(model.parameters(), lr=1.0), batch, settings, torch.Generator().manual_seed(0)
+    )
     assert metrics["actor/sapo/gate_weight_mean"] == pytest.approx(1.0)  # r = 1 on-policy
     for name, p in model.named_parameters():
         step = before[name] - p.detach()  # SGD, lr 1: the gradient itself

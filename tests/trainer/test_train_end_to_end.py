@@ -16,7 +16,9 @@ def read_jsonl(path):
 
 
 @pytest.mark.parametrize("model_fixture", ["tiny_qwen3", "tiny_qwen3_moe"])
-def test_sapo_train_runs_a_real_model_and_writes_every_output(request, tmp_path, overrides_for, model_fixture):
+def test_sapo_train_runs_a_real_model_and_writes_every_output(
+    request, tmp_path, overrides_for, model_fixture
+):
     model_path = request.getfixturevalue(model_fixture)
     run_dir = tmp_path / "run"
     assert main(["train", *overrides_for(model_path, run_dir)]) == 0
@@ -24,8 +26,16 @@ def test_sapo_train_runs_a_real_model_and_writes_every_output(request, tmp_path,
     records = read_jsonl(run_dir / "metrics.jsonl")
     assert [r["step"] for r in records] == [0, 1, 2]  # validation before training, then two steps
     for record in records[1:]:
-        for key in ("actor/pg_loss", "actor/entropy", "actor/grad_norm", "critic/score/mean",
-                    "response_length/mean", "actor/sapo/gate_weight_mean", "timing_s/gen", "actor/lr"):
+        for key in (
+            "actor/pg_loss",
+            "actor/entropy",
+            "actor/grad_norm",
+            "critic/score/mean",
+            "response_length/mean",
+            "actor/sapo/gate_weight_mean",
+            "timing_s/gen",
+            "actor/lr",
+        ):
             assert key in record, key
         # On-policy first mini-batch: the SAPO gate weight is 1 there, and never above 1.
         assert 0 < record["actor/sapo/gate_weight_mean"] <= 1
@@ -51,10 +61,13 @@ def test_sapo_train_runs_a_real_model_and_writes_every_output(request, tmp_path,
     assert tokenizer.decode(tokenizer("#### 7")["input_ids"]) == "#### 7"
 
 
-def test_impossible_batch_sizes_fail_before_any_compute_with_the_arithmetic(tmp_path, tiny_qwen3, overrides_for,
-                                                                           capsys):
+def test_impossible_batch_sizes_fail_before_any_compute_with_the_arithmetic(
+    tmp_path, tiny_qwen3, overrides_for, capsys
+):
     run_dir = tmp_path / "run"
-    code = main(["train", *overrides_for(tiny_qwen3, run_dir), "actor_rollout_ref.actor.ppo_mini_batch_size=4"])
+    code = main(
+        ["train", *overrides_for(tiny_qwen3, run_dir), "actor_rollout_ref.actor.ppo_mini_batch_size=4"]
+    )
     assert code == 2
     err = capsys.readouterr().err
     assert "ppo_mini_batch_size" in err and "train_batch_size" in err

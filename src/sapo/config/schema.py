@@ -322,7 +322,7 @@ class TrainerConfig:
     log_val_generations: int = opt(0, "Validation samples (prompt, response, score) to log per validation.")
     rollout_data_dir: str | None = opt(None, "Write each step's generations as jsonl here.")
     validation_data_dir: str | None = opt(None, "Write validation generations as jsonl here.")
-    test_freq: int = opt(-1, "Validate every N steps (<= 0: only at the end).")
+    test_freq: int = opt(200, "Validate every N steps (<= 0: only at the end).", verl=-1)
     save_freq: int = opt(-1, "Checkpoint every N steps (<= 0: only at the end).")
     val_before_train: bool = opt(True, "Validate once before the first step.")
     val_only: bool = opt(False, "Validate and exit.")
@@ -341,6 +341,13 @@ class TrainerConfig:
         1, "Seed of everything not seeded otherwise (model init, sampling, shuffles).", verl=NO_VERL_DEFAULT
     )
     device: str = opt("auto", "auto (cuda if available) | cuda | cpu.", verl="cuda")
+    cpu_threads: int | None = opt(
+        None,
+        "torch intra-op threads (torch.set_num_threads). null: torch's default, one per core. Set 1 when "
+        "other processes share the cores: with 2 threads and one core busy, each op waits for the "
+        "descheduled thread and a step was measured 30x slower. (sapo key)",
+        verl=NO_VERL_DEFAULT,
+    )
     export_hf: bool = opt(
         True,
         "Export the final policy as a Hugging Face directory (run_dir/hf_model). (sapo key)",

@@ -241,6 +241,7 @@ def _range_problems(config: Config) -> list[str]:
         ("algorithm.gamma", 0 <= config.algorithm.gamma <= 1, "in [0, 1]"),
         ("algorithm.lam", 0 <= config.algorithm.lam <= 1, "in [0, 1]"),
         ("trainer.total_epochs", config.trainer.total_epochs >= 1, ">= 1"),
+        ("trainer.cpu_threads", _none_or_at_least(config.trainer.cpu_threads, 1), ">= 1 or null"),
         (
             "trainer.total_training_steps",
             _none_or_at_least(config.trainer.total_training_steps, 1),

@@ -36,5 +36,7 @@ def run(args: argparse.Namespace) -> int:
     after = summary.final_metrics
     key = "val-core/acc/mean"
     if key in before and key in after:
-        print(f"validation accuracy: {before[key]:.3f} before RL -> {after[key]:.3f} after {summary.steps} steps")
+        print(
+            f"validation accuracy: {before[key]:.3f} before RL -> {after[key]:.3f} after {summary.steps} steps"
+        )
     return 0

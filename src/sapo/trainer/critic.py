@@ -79,18 +79,28 @@ def update_critic(critic, optimizer, batch: Batch, settings, generator: torch.Ge
         for rows in order.split(settings.mini_batch_size):
             mini = batch.select(rows)
             optimizer.zero_grad(set_to_none=True)
-            counts = {"global_num_tokens": float(mini.response_mask.sum()), "global_num_seqs": float(len(rows))}
+            counts = {
+                "global_num_tokens": float(mini.response_mask.sum()),
+                "global_num_seqs": float(len(rows)),
+            }
             loss_total, clip_weighted = 0.0, 0.0
             for micro in mini.split(settings.micro_batch_size):
                 micro = micro.trimmed()
                 values = critic(micro.input_ids, micro.attention_mask, micro.response_length)  # [n, r]
                 loss, clip_frac = value_loss(
-                    values, micro.values, micro.returns, micro.response_mask,
-                    cliprange_value=settings.cliprange_value, loss_agg_mode=settings.loss_agg_mode, **counts,
+                    values,
+                    micro.values,
+                    micro.returns,
+                    micro.response_mask,
+                    cliprange_value=settings.cliprange_value,
+                    loss_agg_mode=settings.loss_agg_mode,
+                    **counts,
                 )
                 loss.backward()
                 loss_total += float(loss)
-                clip_weighted += clip_frac * float(micro.response_mask.sum()) / max(counts["global_num_tokens"], 1)
+                clip_weighted += (
+                    clip_frac * float(micro.response_mask.sum()) / max(counts["global_num_tokens"], 1)
+                )
             grad_norm = float(torch.nn.utils.clip_grad_norm_(critic.parameters(), settings.grad_clip))
             if torch.isfinite(torch.tensor(grad_norm)):
                 optimizer.step()

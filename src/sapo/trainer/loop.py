@@ -21,7 +21,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
 from sapo.config import Config
 from sapo.core.advantages import compute_advantages
 from sapo.core.diagnostics import rollout_mismatch_metrics
@@ -86,10 +85,14 @@ def training_step(run: TrainingRun) -> dict[str, float]:
     batch = scored.batch
     with _timer(timing, "old_log_prob"):
         if needs_old_log_prob(batch.num_sequences, run.actor) or run.kl_ctrl is not None:
-            batch.old_log_prob = compute_log_probs(run.policy, batch, run.log_prob_micro, run.actor.temperature)
+            batch.old_log_prob = compute_log_probs(
+                run.policy, batch, run.log_prob_micro, run.actor.temperature
+            )
     if run.reference is not None:
         with _timer(timing, "ref"):
-            batch.ref_log_prob = compute_log_probs(run.reference, batch, run.log_prob_micro, run.actor.temperature)
+            batch.ref_log_prob = compute_log_probs(
+                run.reference, batch, run.log_prob_micro, run.actor.temperature
+            )
     if run.critic is not None:
         with _timer(timing, "values"):
             batch.values = compute_values(run.critic, batch, run.log_prob_micro)
@@ -113,7 +116,9 @@ def training_step(run: TrainingRun) -> dict[str, float]:
     metrics = {**batch_metrics(batch, timing), **reward_metrics, **critic_metrics, **actor_metrics}
     metrics.update(scored.reward.metrics())
     if batch.old_log_prob is not None:
-        metrics.update(rollout_mismatch_metrics(batch.rollout_log_probs, batch.old_log_prob, batch.response_mask))
+        metrics.update(
+            rollout_mismatch_metrics(batch.rollout_log_probs, batch.old_log_prob, batch.response_mask)
+        )
     metrics["actor/lr"] = lr
     metrics["training/global_step"] = run.global_step
     metrics["training/epoch"] = epoch_before
@@ -195,6 +200,3 @@ def save(run: TrainingRun) -> Path:
 
 def export(run: TrainingRun) -> Path:
     return ckpt.export_hf(run.policy, run.tokenizer, run.run_dir / "hf_model")
-
-
-

@@ -120,6 +120,8 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
     )
     trainer, data = config.trainer, config.data
     actor_cfg, rollout_cfg = config.actor_rollout_ref.actor, config.actor_rollout_ref.rollout
+    if trainer.cpu_threads is not None:
+        torch.set_num_threads(trainer.cpu_threads)
     seed_everything(trainer.seed)
     run_dir = run_dir_of(config)
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -132,7 +134,9 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
     schedule = training_schedule(config, len(train_set))
     total_steps = schedule["total_training_steps"]
     seed_everything(trainer.seed)  # the same random streams whether or not a warm start just ran
-    optimizer, scheduler = build_optimizer_and_scheduler(models.policy.parameters(), actor_cfg.optim, total_steps)
+    optimizer, scheduler = build_optimizer_and_scheduler(
+        models.policy.parameters(), actor_cfg.optim, total_steps
+    )
     response_length = rollout_cfg.response_length or data.max_response_length
     n = rollout_cfg.n
     actor = _actor_settings(config, n)

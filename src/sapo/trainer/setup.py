@@ -30,7 +30,9 @@ from sapo.rewards.managers import build_reward_manager
 def run_dir_of(config: Config) -> Path:
     """``trainer.default_local_dir``, or ``checkpoints/<project_name>/<experiment_name>`` as verl."""
     trainer = config.trainer
-    return Path(trainer.default_local_dir or Path("checkpoints") / trainer.project_name / trainer.experiment_name)
+    return Path(
+        trainer.default_local_dir or Path("checkpoints") / trainer.project_name / trainer.experiment_name
+    )
 
 
 def cache_dir() -> Path:
@@ -92,7 +94,10 @@ def data_files(config: Config, run_dir: Path) -> tuple[list[str], list[str]]:
     task_cfg = config.sapo.task
     task = get_task(task_cfg.name)
     train, test = generate_splits(
-        task, train_size=task_cfg.num_train, test_size=task_cfg.num_val, seed=config.trainer.seed,
+        task,
+        train_size=task_cfg.num_train,
+        test_size=task_cfg.num_val,
+        seed=config.trainer.seed,
         knobs=dict(task_cfg.knobs),
     )
     folder = run_dir / "data"
