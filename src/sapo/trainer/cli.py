@@ -17,7 +17,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "overrides",
         nargs="*",
         metavar="key=value",
-        help="dotted overrides, e.g. actor_rollout_ref.actor.policy_loss.loss_mode=sapo data.train_batch_size=8",
+        help="dotted overrides, e.g. actor_rollout_ref.actor.policy_loss.loss_mode=sapo",
     )
 
 
@@ -36,7 +36,6 @@ def run(args: argparse.Namespace) -> int:
     after = summary.final_metrics
     key = "val-core/acc/mean"
     if key in before and key in after:
-        print(
-            f"validation accuracy: {before[key]:.3f} before RL -> {after[key]:.3f} after {summary.steps} steps"
-        )
+        steps = summary.steps
+        print(f"validation accuracy: {before[key]:.3f} before RL -> {after[key]:.3f} after {steps} steps")
     return 0
