@@ -21,10 +21,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _quiet_library_progress_bars() -> None:
+    """transformers draws a bar for every model load and save; the run's own bar is the one to read."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def run(args: argparse.Namespace) -> int:
     from sapo.trainer.loop import train
 
     config = load_config(args.config, args.overrides)
+    _quiet_library_progress_bars()
     summary = train(config)
     print(f"\nrun directory: {summary.run_dir}")
     print(f"  metrics:     {summary.run_dir / 'metrics.jsonl'}")
