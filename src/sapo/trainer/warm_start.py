@@ -4,7 +4,10 @@ sometimes (reward neither always 0 nor always 1).
 1. Build a tiny randomly initialised model with the task's character vocabulary
    (:func:`sapo.models.tiny.build_tiny_model`; default: Llama, hidden 128, 4 layers, 4 heads, ~0.8M
    parameters, the prototype of DESIGN.md).
-2. Draw a pool of training problems and a disjoint dev set from the seed (:func:`generate_splits`).
+2. Draw a pool of training problems and a disjoint dev set from the seed (:func:`generate_splits`). The
+   seed's first 1000 problems are held out (the dev set is their start), so that the validation split of
+   ``sapo data``/``generate_splits`` with the same seed and knobs (``test_size <= 1000``) holds no prompt
+   the warm-start trained on.
 3. Train on ``prompt + solution + EOS`` with the loss on the solution and EOS tokens only (AdamW).
 4. Every ``check_every`` steps, decode the dev prompts greedily and stop as soon as exact-match accuracy
    reaches ``target_accuracy``, or at ``max_steps`` / ``max_seconds``. Supervised accuracy on addition
@@ -33,11 +36,13 @@ from pathlib import Path
 import torch
 
 from sapo.data.tasks import Task, generate_splits, get_task
+from sapo.errors import DataError
 from sapo.models.tiny import TinyModelSpec, build_tiny_model
 
 log = logging.getLogger(__name__)
 INFO_FILE = "warm_start.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+HELD_OUT = 1000  # problems of the seed never trained on (see _train)
 
 # The prototype's model (DESIGN.md): Llama, hidden 128, 4 layers, 4 heads.
 DEFAULT_SPEC = TinyModelSpec(
@@ -135,13 +140,22 @@ def _train(task: Task, params: dict, out_dir: Path) -> dict:
     build_tiny_model(out_dir, spec, chars=task.chars, seed=seed)
     tokenizer = AutoTokenizer.from_pretrained(out_dir)
     model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32)
-    train_rows, dev_rows = generate_splits(
+    # Hold out the seed's first HELD_OUT problems (the test split of generate_splits / `sapo data` for any
+    # test_size up to that) so that RL validation on the same seed never scores a prompt trained on here.
+    train_rows, held_out = generate_splits(
         task,
         train_size=params["train_pool_size"],
-        test_size=params["dev_size"],
+        test_size=max(HELD_OUT, params["dev_size"]),
         seed=seed,
         knobs=params["knobs"],
+        allow_fewer=True,
     )
+    dev_rows = held_out[: params["dev_size"]]
+    if len(train_rows) < params["batch_size"]:
+        raise DataError(
+            f"task {task.name!r} with knobs {params['knobs']} has too few distinct problems for a warm-start "
+            f"({len(train_rows)} beyond the {len(held_out)} held out): widen the knobs"
+        )
     examples = [_encode_example(task, tokenizer, row) for row in train_rows]
     optimizer = torch.optim.AdamW(
         model.parameters(),
