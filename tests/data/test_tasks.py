@@ -143,6 +143,26 @@ def test_too_small_a_problem_space_is_an_error_not_a_hang():
         generate_splits(get_task("arithmetic"), train_size=8, test_size=2, seed=0, knobs={"max_value": 1})
 
 
+def test_smaller_test_splits_are_prefixes_of_larger_ones():
+    task = get_task("arithmetic")
+    train_small, test_small = generate_splits(task, train_size=100, test_size=10, seed=9)
+    train_big, test_big = generate_splits(task, train_size=50, test_size=60, seed=9)
+    assert test_big[:10] == test_small
+    big_test_prompts = {r["prompt"][0]["content"] for r in test_big}
+    assert not big_test_prompts & {r["prompt"][0]["content"] for r in train_big}
+    # the small split's train rows 50.. are the big split's train rows (same problem sequence)
+    strip = [{**r, "extra_info": {**r["extra_info"], "index": None}} for r in train_small[50:100]]
+    assert strip == [{**r, "extra_info": {**r["extra_info"], "index": None}} for r in train_big[:50]]
+
+
+def test_allow_fewer_shortens_the_train_split_of_a_small_problem_space():
+    task = get_task("arithmetic")
+    train, test = generate_splits(
+        task, train_size=50, test_size=3, seed=0, knobs={"max_value": 4}, allow_fewer=True
+    )
+    assert len(test) == 3 and len(train) == 5 * 5 - 3  # all 25 distinct problems were found
+
+
 def test_unknown_task_and_sizes_are_errors():
     with pytest.raises(DataError, match="choose one of arithmetic, countdown"):
         get_task("sudoku")

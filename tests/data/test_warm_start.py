@@ -5,6 +5,7 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sapo.data.tasks import generate_splits, get_task
+from sapo.errors import DataError
 from sapo.trainer.warm_start import _collate, _encode_example, dev_accuracy, warm_start, warm_start_info
 
 TINY_CAP = dict(
@@ -58,6 +59,14 @@ def test_more_warm_start_steps_lower_the_held_out_answer_loss(cache_dir):
     assert longer != short
     assert json.loads((longer / "warm_start.json").read_text())["steps"] == 30
     assert answer_loss(longer) < answer_loss(short)
+
+
+def test_warm_start_on_a_small_problem_space_trains_on_what_is_left(cache_dir):
+    # operands 0..39: 1600 problems, the first 1000 held out, 600 left to train on
+    model_dir = warm_start("arithmetic", cache_dir=cache_dir, seed=0, knobs={"max_value": 39}, **TINY_CAP)
+    assert warm_start_info(model_dir)["knobs"]["max_value"] == 39
+    with pytest.raises(DataError, match="could only produce 100 distinct problems"):
+        warm_start("arithmetic", cache_dir=cache_dir, seed=0, knobs={"max_value": 9}, **TINY_CAP)
 
 
 @pytest.mark.slow

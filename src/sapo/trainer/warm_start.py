@@ -4,7 +4,10 @@ sometimes (reward neither always 0 nor always 1).
 1. Build a tiny randomly initialised model with the task's character vocabulary
    (:func:`sapo.models.tiny.build_tiny_model`; default: Llama, hidden 128, 4 layers, 4 heads, ~0.8M
    parameters, the prototype of DESIGN.md).
-2. Draw a pool of training problems and a disjoint dev set from the seed (:func:`generate_splits`).
+2. Draw a pool of training problems and a disjoint dev set from the seed (:func:`generate_splits`). The
+   seed's first 1000 problems are held out (the dev set is their start), so that the validation split of
+   ``sapo data``/``generate_splits`` with the same seed and knobs (``test_size <= 1000``) holds no prompt
+   the warm-start trained on.
 3. Train on ``prompt + solution + EOS`` with the loss on the solution and EOS tokens only (AdamW).
 4. Every ``check_every`` steps, decode the dev prompts greedily and stop as soon as exact-match accuracy
    reaches ``target_accuracy``, or at ``max_steps`` / ``max_seconds``. Supervised accuracy on addition
@@ -33,11 +36,13 @@ from pathlib import Path
 import torch
 
 from sapo.data.tasks import Task, generate_splits, get_task
+from sapo.errors import DataError
 from sapo.models.tiny import TinyModelSpec, build_tiny_model
 
 log = logging.getLogger(__name__)
 INFO_FILE = "warm_start.json"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+HELD_OUT = 1000  # problems of the seed never trained on (see _train)
 
 # The prototype's model (DESIGN.md): Llama, hidden 128, 4 layers, 4 heads.
 DEFAULT_SPEC = TinyModelSpec(
@@ -99,9 +104,15 @@ def warm_start(
     }
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     out_dir = Path(cache_dir) / f"{task.name}-{key}"
-    if (out_dir / INFO_FILE).exists():
-        return out_dir
-    Path(cache_dir).mkdir(parents=True, exist_ok=True)
+    if not (out_dir / INFO_FILE).exists():
+        _train_into(out_dir, task, params, num_threads)
+    return out_dir
+
+
+def _train_into(out_dir: Path, task: Task, params: dict, num_threads: int | None) -> None:
+    """Train in a temporary directory next to ``out_dir``, then rename it to ``out_dir``."""
+    cache_dir = out_dir.parent
+    cache_dir.mkdir(parents=True, exist_ok=True)
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{task.name}-", dir=cache_dir))
     previous_threads = torch.get_num_threads()
     try:
@@ -118,7 +129,6 @@ def warm_start(
         raise
     finally:
         torch.set_num_threads(previous_threads)
-    return out_dir
 
 
 def warm_start_info(model_dir: str | Path) -> dict:
@@ -135,14 +145,48 @@ def _train(task: Task, params: dict, out_dir: Path) -> dict:
     build_tiny_model(out_dir, spec, chars=task.chars, seed=seed)
     tokenizer = AutoTokenizer.from_pretrained(out_dir)
     model = AutoModelForCausalLM.from_pretrained(out_dir, dtype=torch.float32)
-    train_rows, dev_rows = generate_splits(
+    train_rows, dev_rows = _problems(task, params)
+    examples = [_encode_example(task, tokenizer, row) for row in train_rows]
+    step, accuracy, elapsed = _fit(model, tokenizer, task, examples, dev_rows, params)
+    reached = accuracy >= params["target_accuracy"]
+    if not reached:
+        log.warning(
+            "warm-start of %s stopped at step %d (%.0f s) with dev accuracy %.3f below the target %.3f",
+            task.name,
+            step,
+            elapsed,
+            accuracy,
+            params["target_accuracy"],
+        )
+    model.save_pretrained(out_dir)
+    tokenizer.save_pretrained(out_dir)
+    return {"dev_accuracy": accuracy, "steps": step, "seconds": round(elapsed, 2), "reached_target": reached}
+
+
+def _problems(task: Task, params: dict) -> tuple[list[dict], list[dict]]:
+    """The training pool and the dev rows."""
+    # Hold out the seed's first HELD_OUT problems (the test split of generate_splits / `sapo data` for any
+    # test_size up to that) so that RL validation on the same seed never scores a prompt trained on here.
+    train_rows, held_out = generate_splits(
         task,
         train_size=params["train_pool_size"],
-        test_size=params["dev_size"],
-        seed=seed,
+        test_size=max(HELD_OUT, params["dev_size"]),
+        seed=params["seed"],
         knobs=params["knobs"],
+        allow_fewer=True,
     )
-    examples = [_encode_example(task, tokenizer, row) for row in train_rows]
+    dev_rows = held_out[: params["dev_size"]]
+    if len(train_rows) < params["batch_size"]:
+        raise DataError(
+            f"task {task.name!r} with knobs {params['knobs']} has too few distinct problems for a warm-start "
+            f"({len(train_rows)} beyond the {len(held_out)} held out): widen the knobs"
+        )
+    return train_rows, dev_rows
+
+
+def _fit(model, tokenizer, task: Task, examples, dev_rows, params: dict) -> tuple[int, float, float]:
+    """Supervised steps until the dev accuracy target or a cap; returns (steps, accuracy, seconds)."""
+    seed = params["seed"]
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=params["lr"],
@@ -170,20 +214,7 @@ def _train(task: Task, params: dict, out_dir: Path) -> dict:
                 accuracy = dev_accuracy(model, tokenizer, task, dev_rows)
                 log.info("warm-start %s step %d loss %.3f dev accuracy %.3f", task.name, step, loss, accuracy)
                 if accuracy >= params["target_accuracy"] or out_of_budget:
-                    break
-    reached = accuracy >= params["target_accuracy"]
-    if not reached:
-        log.warning(
-            "warm-start of %s stopped at step %d (%.0f s) with dev accuracy %.3f below the target %.3f",
-            task.name,
-            step,
-            elapsed,
-            accuracy,
-            params["target_accuracy"],
-        )
-    model.save_pretrained(out_dir)
-    tokenizer.save_pretrained(out_dir)
-    return {"dev_accuracy": accuracy, "steps": step, "seconds": round(elapsed, 2), "reached_target": reached}
+                    return step, accuracy, elapsed
 
 
 def _encode_example(task: Task, tokenizer, row: dict) -> tuple[list[int], list[int]]:

@@ -80,12 +80,22 @@ def make_row(task: Task, prompt_text: str, ground_truth: Any, extra: dict, split
 
 
 def generate_splits(
-    task: Task, *, train_size: int, test_size: int, seed: int, knobs: dict | None = None
+    task: Task,
+    *,
+    train_size: int,
+    test_size: int,
+    seed: int,
+    knobs: dict | None = None,
+    allow_fewer: bool = False,
 ) -> tuple[list[dict], list[dict]]:
     """Draw ``train_size + test_size`` distinct problems (by prompt) from ``seed``; the first
     ``test_size`` form the test split, the rest the train split, so the two never share a prompt.
 
-    Deterministic: the same arguments give the same rows, in the same order.
+    Deterministic: the same arguments give the same rows, in the same order. The problems of a seed (and
+    knobs) form one sequence whatever the sizes, so a smaller test split is a prefix of a larger one, and
+    the train split of ``test_size=R`` never holds a test prompt of any ``test_size <= R``. When the knobs
+    allow fewer distinct problems than asked for, ``allow_fewer`` shortens the train split instead of
+    raising.
     """
     from sapo.errors import DataError
 
@@ -102,6 +112,8 @@ def generate_splits(
     while len(problems) < wanted:
         attempts += 1
         if attempts > 20 * wanted + 1000:
+            if allow_fewer and len(problems) > test_size:
+                break
             raise DataError(
                 f"task {task.name!r} with knobs {values} could only produce {len(problems)} distinct "
                 f"problems of the {wanted} asked for: ask for fewer rows or widen the knobs"
