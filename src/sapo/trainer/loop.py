@@ -86,16 +86,19 @@ def training_step(run: TrainingRun) -> dict[str, float]:
     with _timer(timing, "old_log_prob"):
         if needs_old_log_prob(batch.num_sequences, run.actor) or run.kl_ctrl is not None:
             batch.old_log_prob = compute_log_probs(
-                run.policy, batch, run.log_prob_micro, run.actor.temperature
+                run.policy, batch, run.log_prob_micro, run.actor.temperature, run.log_prob_max_tokens
             )
     if run.reference is not None:
         with _timer(timing, "ref"):
             batch.ref_log_prob = compute_log_probs(
-                run.reference, batch, run.log_prob_micro, run.actor.temperature
+                run.reference, batch, run.ref_log_prob_micro, run.actor.temperature, run.log_prob_max_tokens
             )
     if run.critic is not None:
         with _timer(timing, "values"):
-            batch.values = compute_values(run.critic, batch, run.log_prob_micro)
+            settings = run.critic_settings
+            batch.values = compute_values(
+                run.critic, batch, settings.micro_batch_size, settings.max_token_len
+            )
     with _timer(timing, "adv"):
         reward_metrics = _rewards_and_advantages(run, batch)
     with _timer(timing, "update_critic"):
