@@ -36,6 +36,7 @@ from sapo.trainer.setup import (
     resolve_device,
     run_dir_of,
 )
+from sapo.trainer.tokenizer_setup import apply_tokenizer_settings, tokenizer_dir
 
 
 @dataclass
@@ -131,6 +132,12 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
     device = resolve_device(trainer.device)
     use_kl_in_reward = config.algorithm.use_kl_in_reward
     models = build_models(config, device, needs_reference=actor_cfg.use_kl_loss or use_kl_in_reward)
+    models.tokenizer = apply_tokenizer_settings(
+        models.tokenizer,
+        models.policy,
+        path=tokenizer_dir(data.tokenizer, config.actor_rollout_ref.model.tokenizer_path),
+        chat_template=config.actor_rollout_ref.model.custom_chat_template,
+    )
     train_files, val_files = data_files(config, run_dir)
     train_set = build_dataset(train_files, models.tokenizer, config, data.train_max_samples)
     val_set = build_dataset(val_files, models.tokenizer, config, data.val_max_samples) if val_files else None
