@@ -121,8 +121,8 @@ def test_from_files_reads_parquet_and_skips_bad_rows_on_request(tmp_path, arithm
 
 def test_chat_template_kwargs_reach_the_template():
     # A template that reads a variable, as Qwen3's reads enable_thinking.
-    template = (
-        "{% if enable_thinking is defined and not enable_thinking %}NT|{% endif %}{{ messages[0]['content'] }}"
+    template = "{% if enable_thinking is defined and not enable_thinking %}NT|{% endif %}" + (
+        "{{ messages[0]['content'] }}"
     )
     tokenizer = build_char_tokenizer(chat_template=template)
     messages = [{"role": "user", "content": "2+2?"}]
