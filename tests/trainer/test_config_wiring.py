@@ -48,6 +48,7 @@ ACTOR = [
     "actor_rollout_ref.actor.optim.total_training_steps=8",
     "actor_rollout_ref.actor.optim.min_lr_ratio=0.1",
     "actor_rollout_ref.actor.optim.num_cycles=1.0",
+    "actor_rollout_ref.rollout.do_sample=false",
     "actor_rollout_ref.rollout.temperature=0.7",
     "actor_rollout_ref.rollout.top_p=0.9",
     "actor_rollout_ref.rollout.top_k=5",
@@ -154,6 +155,15 @@ def test_critic_keys_reach_the_critic(tmp_path, tiny_qwen3, overrides_for):
         "critic.grad_clip=0.7",
         "critic.optim.lr=0.003",
         "critic.optim.weight_decay=0.02",
+        "critic.optim.betas=[0.7,0.95]",
+        "critic.optim.eps=1e-5",
+        "critic.optim.clip_grad=0.6",
+        "critic.optim.lr_scheduler_type=cosine",
+        "critic.optim.lr_warmup_steps=1",
+        "critic.optim.lr_warmup_steps_ratio=0.5",
+        "critic.optim.total_training_steps=5",
+        "critic.optim.min_lr_ratio=0.2",
+        "critic.optim.num_cycles=0.5",
         f"critic.model.path={tiny_qwen3}",
         f"critic.model.tokenizer_path={tiny_qwen3}",
     ]
@@ -161,10 +171,23 @@ def test_critic_keys_reach_the_critic(tmp_path, tiny_qwen3, overrides_for):
     try:
         settings = run.critic_settings
         assert (settings.mini_batch_size, settings.micro_batch_size, settings.ppo_epochs) == (4, 2, 2)
-        assert (settings.shuffle, settings.cliprange_value, settings.grad_clip) == (True, 0.3, 0.7)
+        assert (settings.shuffle, settings.cliprange_value, settings.grad_clip) == (
+            True,
+            0.3,
+            0.6,
+        )  # clip_grad
         assert settings.loss_agg_mode == "seq-mean-token-mean" and settings.max_token_len is None
         group = run.critic_optimizer.param_groups[0]
-        assert (group["initial_lr"], group["weight_decay"]) == (0.003, 0.02)
+        assert (group["initial_lr"], group["weight_decay"], group["betas"], group["eps"]) == (
+            0.003,
+            0.02,
+            (0.7, 0.95),
+            1e-5,
+        )
+        # lr_warmup_steps=1 (>= 0 wins over the ratio), then cosine over 5 - 1 = 4 steps down to m = 0.2:
+        # step 0: 0.2 + 0.8 x 0 / 1 = 0.2; step 3: p = 2/4, (1 + cos(pi / 2)) / 2 = 0.5 -> 0.2 + 0.8 x 0.5.
+        factors = [run.critic_scheduler.lr_lambdas[0](s) for s in (0, 1, 3)]
+        assert factors == pytest.approx([0.2, 1.0, 0.6])
         assert run.estimator_kwargs == {"gamma": 0.9, "lam": 0.8, "values": None}
         metrics = loop.training_step(run)
         assert "critic/vf_loss" in metrics
@@ -233,3 +256,33 @@ def test_builtin_run_keys_reach_the_warm_start_and_task(tmp_path, monkeypatch):
         assert {run.train_set[i]["data_source"] for i in range(16)} == {"sapo/countdown"}
     finally:
         run.close()
+
+
+def test_reward_timeout_reaches_the_manager():
+    manager = build_reward(load_config(None, ["reward_model.timeout_s=5"]), 16)
+    try:
+        assert manager.timeout_s == 5.0
+    finally:
+        manager.close()
+
+
+def test_inherited_keys_resolve_from_the_trainer_section():
+    config = load_config(None, ["trainer.seed=9", "trainer.project_name=p", "trainer.experiment_name=e"])
+    assert (config.data.seed, config.actor_rollout_ref.actor.data_loader_seed) == (9, 9)
+    assert config.trainer.default_local_dir == "checkpoints/p/e"  # verl's run directory
+
+
+def test_sapo_and_covariance_loss_numbers_reach_the_loss():
+    from sapo.trainer.run import _actor_settings
+
+    prefix = "actor_rollout_ref.actor"
+    sapo = load_config(None, [f"{prefix}.tau_pos=0.9", f"{prefix}.tau_neg=1.2"])
+    assert _actor_settings(sapo, 8).loss_kwargs == {"tau_pos": 0.9, "tau_neg": 1.2}
+    cov = [f"{prefix}.policy_loss.clip_cov_ratio=0.01", f"{prefix}.policy_loss.clip_cov_lb=0.5"]
+    cov += [f"{prefix}.policy_loss.clip_cov_ub=4.0", f"{prefix}.policy_loss.loss_mode=clip_cov"]
+    kwargs = _actor_settings(load_config(None, cov), 8).loss_kwargs
+    assert (kwargs["clip_cov_ratio"], kwargs["clip_cov_lb"], kwargs["clip_cov_ub"]) == (0.01, 0.5, 4.0)
+    kl_cov = [f"{prefix}.policy_loss.loss_mode=kl_cov", f"{prefix}.policy_loss.kl_cov_ratio=0.02"]
+    kl_cov.append(f"{prefix}.policy_loss.ppo_kl_coef=0.3")
+    kwargs = _actor_settings(load_config(None, kl_cov), 8).loss_kwargs
+    assert (kwargs["kl_cov_ratio"], kwargs["ppo_kl_coef"]) == (0.02, 0.3)
