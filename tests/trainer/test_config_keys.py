@@ -13,6 +13,7 @@ from transformers import AutoTokenizer
 from sapo.cli import main
 from sapo.config import load_config
 from sapo.trainer import loop
+from sapo.trainer.checkpoint import list_checkpoints
 from sapo.trainer.run import start_run
 
 
@@ -23,9 +24,10 @@ def read_jsonl(path):
 def test_generation_dumps_overlong_log_and_data_tokenizer(
     tmp_path, tiny_qwen3, overrides_for, gsm8k_files, capsys
 ):
-    # A tokenizer directory of its own whose chat template starts every prompt with "TOK:".
+    # A tokenizer directory of its own whose chat template starts every prompt with its `tag` variable,
+    # set to "TOK" by data.apply_chat_template_kwargs.
     tokenizer = AutoTokenizer.from_pretrained(tiny_qwen3)
-    tokenizer.chat_template = "{% for m in messages %}TOK:{{ m['content'] }}{% endfor %}"
+    tokenizer.chat_template = "{% for m in messages %}{{ tag }}:{{ m['content'] }}{% endfor %}"
     tokenizer.save_pretrained(tmp_path / "tok")
     run_dir, rollouts, vals = tmp_path / "run", tmp_path / "rollouts", tmp_path / "vals"
     extra = [
@@ -36,6 +38,9 @@ def test_generation_dumps_overlong_log_and_data_tokenizer(
         "data.validation_shuffle=true",
         "data.seed=5",
         f"data.tokenizer={tmp_path / 'tok'}",
+        "+data.apply_chat_template_kwargs.tag=TOK",
+        "trainer.save_freq=1",
+        "trainer.max_actor_ckpt_to_keep=1",
         "reward_model.reward_manager=dapo",
         "reward_model.overlong_buffer.enable=true",
         "reward_model.overlong_buffer.len=3",
@@ -48,7 +53,7 @@ def test_generation_dumps_overlong_log_and_data_tokenizer(
     for step in (1, 2):
         records = read_jsonl(rollouts / f"{step}.jsonl")
         assert len(records) == 4 and {r["step"] for r in records} == {step}
-        assert all(r["input"].startswith("TOK:") for r in records)  # data.tokenizer's template
+        assert all(r["input"].startswith("TOK:") for r in records)  # data.tokenizer's template + kwargs
         # GRPO by hand on the dumped scores: (s - group mean) / (unbiased group std + 1e-6), groups of 2.
         for first, second in (records[0:2], records[2:4]):
             scores = torch.tensor([first["score"], second["score"]])
@@ -71,6 +76,9 @@ def test_generation_dumps_overlong_log_and_data_tokenizer(
         records = read_jsonl(vals / f"{step}.jsonl")
         assert [r["gts"] for r in records] == [val_rows[i]["reward_model"]["ground_truth"] for i in order]
         assert all(val_rows[i]["prompt"][0]["content"] in r["input"] for i, r in zip(order, records))
+
+    # save_freq=1 saved steps 1 and 2; max_actor_ckpt_to_keep=1 kept only the newest.
+    assert [step for step, _ in list_checkpoints(run_dir)] == [2]
 
     # log_val_generations=2: the first two records of each validation in run_dir, and on the console.
     shown = read_jsonl(run_dir / "val_generations.jsonl")
