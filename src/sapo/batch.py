@@ -56,6 +56,19 @@ class Batch:
             for i in range(0, self.num_sequences, size)
         ]
 
+    def micro_batches(self, size: int, max_tokens: int | None = None) -> list[tuple[torch.Tensor, Batch]]:
+        """``(rows, sub-batch)`` pairs covering every row once: consecutive runs of ``size`` rows, or, with
+        ``max_tokens``, groups formed by :func:`token_budget_groups` over each row's real token count
+        (prompt + response, padding excluded) -- verl's ``use_dynamic_bsz``."""
+        if max_tokens is None:
+            groups = [
+                torch.arange(i, min(i + size, self.num_sequences)) for i in range(0, self.num_sequences, size)
+            ]
+        else:
+            lengths = self.attention_mask.sum(-1).tolist()  # [N]
+            groups = [torch.tensor(g) for g in token_budget_groups(lengths, max_tokens)]
+        return [(rows, self.select(rows)) for rows in groups]
+
     def trimmed(self) -> Batch:
         """The same batch without columns that are padding in every row.
 
@@ -75,3 +88,27 @@ class Batch:
             if isinstance(value, torch.Tensor) and value.dim() == 2 and f.name not in changes:
                 changes[f.name] = value[:, :last]
         return replace(self, **changes)
+
+
+def token_budget_groups(lengths: list[int], max_tokens: int) -> list[list[int]]:
+    """Row indices in groups whose summed length is at most ``max_tokens`` (a row longer than the budget
+    gets a group of its own).
+
+    Rows are taken longest first and each group is filled in that order (next-fit decreasing), so a group
+    holds rows of similar length and its trimmed, padded block wastes little; each group lists its rows in
+    ascending order. Any grouping gives the same update, because every micro-batch loss is normalised by the
+    mini-batch's counts.
+    """
+    if max_tokens < 1:
+        raise ValueError(f"max_tokens must be >= 1 (got {max_tokens})")
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    groups: list[list[int]] = []
+    total = 0
+    for i in order:
+        if groups and total + lengths[i] <= max_tokens:
+            groups[-1].append(i)
+            total += lengths[i]
+        else:
+            groups.append([i])
+            total = lengths[i]
+    return [sorted(g) for g in groups]

@@ -117,3 +117,24 @@ def test_from_files_reads_parquet_and_skips_bad_rows_on_request(tmp_path, arithm
     dataset = RLDataset.from_files(str(path), arithmetic_tokenizer, on_bad_row="skip")
     assert len(dataset) == 2
     assert dataset[1]["prompt_ids"] == [8, 14, 9, 17]
+
+
+def test_chat_template_kwargs_reach_the_template():
+    # A template that reads a variable, as Qwen3's reads enable_thinking.
+    template = "{% if enable_thinking is defined and not enable_thinking %}NT|{% endif %}" + (
+        "{{ messages[0]['content'] }}"
+    )
+    tokenizer = build_char_tokenizer(chat_template=template)
+    messages = [{"role": "user", "content": "2+2?"}]
+    plain = RLDataset([row(messages)], tokenizer)[0]["prompt_text"]
+    off = RLDataset([row(messages)], tokenizer, chat_template_kwargs={"enable_thinking": False})[0]
+    assert plain == "2+2?"
+    assert off["prompt_text"] == "NT|2+2?"
+
+
+def test_reward_fn_key_selects_the_column_that_names_the_scorer(arithmetic_tokenizer):
+    rows = [{**row("1+1="), "scorer": "openai/gsm8k"}]
+    item = RLDataset(rows, arithmetic_tokenizer, reward_fn_key="scorer")[0]
+    assert item["data_source"] == "openai/gsm8k"
+    with pytest.raises(DataError, match="reward_fn_key"):
+        RLDataset([row("1+1=")], arithmetic_tokenizer, reward_fn_key="scorer")

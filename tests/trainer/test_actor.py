@@ -18,6 +18,7 @@ from transformers import AutoModelForCausalLM
 from sapo.batch import Batch
 from sapo.models.tiny import TinyModelSpec, build_tiny_model
 from sapo.trainer.actor import ActorUpdateSettings, needs_old_log_prob, update_actor
+from sapo.trainer.rollout_step import compute_log_probs
 
 SPEC = TinyModelSpec(
     arch="qwen3",
@@ -73,8 +74,15 @@ def reference_gradient(model, batch: Batch) -> dict[str, torch.Tensor]:
     return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("micro_batch_size", [4, 3, 1])
-def test_on_policy_sapo_update_is_the_policy_gradient_for_any_micro_batch_size(model_dir, micro_batch_size):
+# Real lengths (prompt + response) of make_batch's rows: 3+4=7, 5+1=6, 4+3=7, 2+2=4. A token budget of 13
+# groups them, longest first, as [0] [2, 1] [3] (7 | 7+6=13 | 4); a budget of 5 leaves rows 0-2 (longer
+# than 5) alone and row 3 alone too: four micro-batches of one sequence.
+@pytest.mark.parametrize(
+    ("micro_batch_size", "max_token_len"), [(4, None), (3, None), (1, None), (4, 13), (4, 5), (4, 1000)]
+)
+def test_on_policy_sapo_update_is_the_policy_gradient_for_any_micro_batching(
+    model_dir, micro_batch_size, max_token_len
+):
     model = AutoModelForCausalLM.from_pretrained(model_dir)
     batch = make_batch(model.config.vocab_size)
     expected = reference_gradient(model, batch)
@@ -85,6 +93,7 @@ def test_on_policy_sapo_update_is_the_policy_gradient_for_any_micro_batch_size(m
         loss_kwargs={"tau_pos": 1.0, "tau_neg": 1.05},
         mini_batch_size=4,
         micro_batch_size=micro_batch_size,
+        max_token_len=max_token_len,
         shuffle=False,
         grad_clip=0.0,
     )
@@ -104,3 +113,19 @@ def test_old_log_prob_is_needed_once_the_batch_is_reused():
     assert needs_old_log_prob(16, settings)  # two mini-batches: the second is off-policy
     settings.ppo_epochs = 2
     assert needs_old_log_prob(8, settings)  # a second epoch is off-policy
+
+
+def test_dynamic_micro_batches_follow_the_token_budget():
+    batch = make_batch(20)
+    groups = [rows.tolist() for rows, _ in batch.micro_batches(4, max_tokens=13)]
+    assert groups == [[0], [1, 2], [3]]  # 7 | 6 + 7 = 13 | 4 (see the comment above the update test)
+    assert [rows.tolist() for rows, _ in batch.micro_batches(3)] == [[0, 1, 2], [3]]
+
+
+@pytest.mark.parametrize(("micro_batch_size", "max_tokens"), [(1, None), (4, 13), (4, 5)])
+def test_log_prob_recomputation_is_independent_of_micro_batching(model_dir, micro_batch_size, max_tokens):
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    batch = make_batch(model.config.vocab_size)
+    whole = compute_log_probs(model, batch, 4, temperature=1.0)  # [4, R] in one pass
+    split = compute_log_probs(model, batch, micro_batch_size, temperature=1.0, max_tokens=max_tokens)
+    torch.testing.assert_close(split * batch.response_mask, whole * batch.response_mask, rtol=1e-5, atol=1e-6)

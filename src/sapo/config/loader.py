@@ -363,6 +363,15 @@ def resolve_config(config: Config) -> Config:
         data.seed = trainer.seed
     if actor.data_loader_seed is None:
         actor.data_loader_seed = trainer.seed
+    # An explicit clip_ratio sets both sides unless they are given too (in verl it silently does nothing
+    # next to the 0.2 defaults of clip_ratio_low / clip_ratio_high).
+    explicit = config.provenance.explicit
+    for side in ("clip_ratio_low", "clip_ratio_high"):
+        if (
+            "actor_rollout_ref.actor.clip_ratio" in explicit
+            and f"actor_rollout_ref.actor.{side}" not in explicit
+        ):
+            setattr(actor, side, actor.clip_ratio)
     actor.clip_ratio_low = actor.clip_ratio if actor.clip_ratio_low is None else actor.clip_ratio_low
     actor.clip_ratio_high = actor.clip_ratio if actor.clip_ratio_high is None else actor.clip_ratio_high
     if actor.optim.clip_grad is not None:

@@ -34,7 +34,11 @@ class DataConfig:
         verl="~/data/rlhf/gsm8k/test.parquet",
         placeholder=True,
     )
-    tokenizer: str | None = opt(None, "Tokenizer directory. null: the model's own (model.path).")
+    tokenizer: str | None = opt(
+        None,
+        "Tokenizer directory. null: the model's own (model.path). One tokenizer renders prompts and drives "
+        "generation, so it must agree with actor_rollout_ref.model.tokenizer_path when both are set.",
+    )
     prompt_key: str = opt("prompt", "Column holding the chat messages (a list of {role, content}).")
     reward_fn_key: str = opt("data_source", "Column whose value selects the scoring function.")
     max_prompt_length: int = opt(512, "Longest prompt in tokens (after the chat template).")
@@ -45,7 +49,7 @@ class DataConfig:
     val_max_samples: int = opt(-1, "Use at most this many validation rows (-1: all).")
     shuffle: bool = opt(True, "Shuffle training prompts each epoch (seeded, resumable).")
     seed: int | None = opt(None, "Seed of the prompt sampler. null: trainer.seed.")
-    validation_shuffle: bool = opt(False, "Shuffle validation prompts.")
+    validation_shuffle: bool = opt(False, "Visit validation prompts in a seeded (data.seed) random order.")
     filter_overlong_prompts: bool = opt(
         False, "Drop prompts longer than max_prompt_length at load time instead of applying `truncation`."
     )
@@ -70,16 +74,20 @@ class ModelConfig:
         verl="~/models/deepseek-llm-7b-chat",
         placeholder=True,
     )
-    tokenizer_path: str | None = opt(None, "Tokenizer directory if not the model's.")
+    tokenizer_path: str | None = opt(None, "Tokenizer directory if not the model's (see data.tokenizer).")
     dtype: str = opt(
         "float32",
         "Parameter dtype for training: float32 | bfloat16 | float16. "
         "(sapo key; verl sets precision in fsdp_config.)",
         verl=NO_VERL_DEFAULT,
     )
-    trust_remote_code: bool = opt(False, "Allow model code from the model directory.")
+    trust_remote_code: bool = opt(
+        False, "Only false: models load with transformers' own classes (true is an error, not ignored)."
+    )
     custom_chat_template: str | None = opt(None, "Jinja chat template replacing the tokenizer's.")
-    override_config: dict = opt({}, "Keys overriding the model's config.json (e.g. attention_dropout).")
+    override_config: dict = opt(
+        {}, "Only {}: edit the model's config.json instead (a non-empty value is an error, not ignored)."
+    )
     enable_gradient_checkpointing: bool = opt(
         False, "Recompute activations in backward to save memory.", verl=True
     )
@@ -138,7 +146,7 @@ class ActorConfig:
     policy_loss: PolicyLossConfig = section(PolicyLossConfig, "Policy-loss selection.")
     tau_pos: float = opt(1.0, "SAPO gate temperature for positive advantages (arXiv 2511.20347).")
     tau_neg: float = opt(1.05, "SAPO gate temperature for negative advantages (arXiv 2511.20347).")
-    clip_ratio: float = opt(0.2, "PPO clip epsilon (default for both sides).")
+    clip_ratio: float = opt(0.2, "PPO clip epsilon; set explicitly, also the default of _low and _high.")
     clip_ratio_low: float | None = opt(0.2, "Lower clip epsilon (null: clip_ratio).")
     clip_ratio_high: float | None = opt(0.2, "Upper clip epsilon (null: clip_ratio).")
     clip_ratio_c: float = opt(3.0, "Dual-clip constant for negative advantages (> 1).")
@@ -178,12 +186,14 @@ class RolloutConfig:
     top_p: float = opt(1.0, "Nucleus sampling.")
     top_k: int = opt(-1, "Top-k sampling (-1: off).")
     do_sample: bool = opt(True, "Sample (false: greedy).")
-    prompt_length: int | None = opt(None, "null: data.max_prompt_length.")
+    prompt_length: int | None = opt(None, "null: data.max_prompt_length; any other value is an error.")
     response_length: int | None = opt(None, "null: data.max_response_length.")
     gpu_memory_utilization: float = opt(0.5, "vllm only: fraction of GPU memory for the engine.")
     enforce_eager: bool = opt(False, "vllm only: disable CUDA graphs.")
     log_prob_micro_batch_size_per_gpu: int | None = opt(
-        None, "Sequences per forward pass when recomputing old_log_prob. null: ppo_micro_batch_size_per_gpu."
+        None,
+        "Sequences per forward pass when recomputing old_log_prob. null: ppo_micro_batch_size_per_gpu. "
+        "With actor.use_dynamic_bsz the actor's token budget is used instead.",
     )
     val_kwargs: ValKwargsConfig = section(ValKwargsConfig, "Sampling for validation.")
 
@@ -191,7 +201,9 @@ class RolloutConfig:
 @dataclass
 class RefConfig:
     log_prob_micro_batch_size_per_gpu: int | None = opt(
-        None, "Sequences per forward pass for ref_log_prob. null: ppo_micro_batch_size_per_gpu."
+        None,
+        "Sequences per forward pass for ref_log_prob. null: ppo_micro_batch_size_per_gpu. With "
+        "actor.use_dynamic_bsz the actor's token budget is used instead.",
     )
 
 
@@ -212,9 +224,11 @@ class CriticModelConfig:
         verl="~/models/deepseek-llm-7b-chat",
         placeholder=True,
     )
-    tokenizer_path: str | None = opt(None, "Tokenizer directory if not the model's.")
-    trust_remote_code: bool = opt(False, "Allow model code from the model directory.")
-    override_config: dict = opt({}, "Keys overriding the value model's config.json.")
+    tokenizer_path: str | None = opt(
+        None, "null or the policy's tokenizer: the critic reads the policy's token ids (others are an error)."
+    )
+    trust_remote_code: bool = opt(False, "Only false (see actor_rollout_ref.model.trust_remote_code).")
+    override_config: dict = opt({}, "Only {} (see actor_rollout_ref.model.override_config).")
     enable_gradient_checkpointing: bool = opt(False, "Recompute activations in backward.", verl=True)
 
 
@@ -276,7 +290,7 @@ class OverlongBufferConfig:
     )
     len: int = opt(0, "Buffer length in tokens.")
     penalty_factor: float = opt(1.0, "Penalty at the very end of the buffer (linear ramp from 0).")
-    log: bool = opt(False, "Log the overlong reward terms as metrics.")
+    log: bool = opt(False, "Log reward/overlong_reward/mean and reward/overlong/mean.")
     max_resp_len: int | None = opt(None, "Length the buffer ends at. null: data.max_response_length.")
 
 
@@ -319,13 +333,15 @@ class TrainerConfig:
         "Metric sinks: console, tensorboard, wandb. metrics.jsonl is always written.",
         verl=["console", "wandb"],
     )
-    log_val_generations: int = opt(0, "Validation samples (prompt, response, score) to log per validation.")
-    rollout_data_dir: str | None = opt(None, "Write each step's generations as jsonl here.")
-    validation_data_dir: str | None = opt(None, "Write validation generations as jsonl here.")
+    log_val_generations: int = opt(
+        0, "Validation samples to print per validation (also in <run_dir>/val_generations.jsonl)."
+    )
+    rollout_data_dir: str | None = opt(None, "Write each step's generations to <dir>/<step>.jsonl.")
+    validation_data_dir: str | None = opt(None, "Write each validation's generations to <dir>/<step>.jsonl.")
     test_freq: int = opt(200, "Validate every N steps (<= 0: only at the end).", verl=-1)
     save_freq: int = opt(-1, "Checkpoint every N steps (<= 0: only at the end).")
     val_before_train: bool = opt(True, "Validate once before the first step.")
-    val_only: bool = opt(False, "Validate and exit.")
+    val_only: bool = opt(False, "Validate the current policy and exit (whatever val_before_train says).")
     resume_mode: str = opt("auto", "auto (latest checkpoint if any) | disable | resume_path.")
     resume_from_path: str | None = opt(None, "Checkpoint directory (global_step_N) for resume_path.")
     default_local_dir: str | None = opt(
@@ -333,9 +349,7 @@ class TrainerConfig:
     )
     max_actor_ckpt_to_keep: int | None = opt(None, "Keep only the newest N checkpoints (null: all).")
     max_critic_ckpt_to_keep: int | None = opt(
-        None,
-        "Accepted for verl parity; critic state is saved in "
-        "the same checkpoint, so max_actor_ckpt_to_keep governs.",
+        None, "null or max_actor_ckpt_to_keep: the critic shares the actor's checkpoint (others: error)."
     )
     seed: int = opt(
         1, "Seed of everything not seeded otherwise (model init, sampling, shuffles).", verl=NO_VERL_DEFAULT

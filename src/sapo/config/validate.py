@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from sapo.config.schema import Config
+from sapo.config.value_checks import unsupported_value_problems
 from sapo.errors import ConfigError
 
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
@@ -54,6 +55,7 @@ def validate(
     problems += _algorithm_problems(config, valid_loss_modes, valid_estimators, valid_kl_types)
     problems += _choice_problems(config)
     problems += _range_problems(config)
+    problems += unsupported_value_problems(config)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 

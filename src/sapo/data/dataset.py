@@ -11,6 +11,11 @@ no chat template) when any of these holds:
 Otherwise the messages go through ``tokenizer.apply_chat_template(..., add_generation_prompt=True)`` and
 the text is tokenised without adding special tokens (the template already holds them).
 
+``chat_template_kwargs`` go to ``apply_chat_template`` (``data.apply_chat_template_kwargs``, e.g.
+``enable_thinking: false``). An item's ``data_source`` (what selects the scoring function and groups the
+validation metrics) is the row's ``reward_fn_key`` column, ``data_source`` by default (verl's
+``data.reward_fn_key``).
+
 Length. A prompt longer than ``max_prompt_length`` tokens is dropped at construction when
 ``filter_overlong_prompts`` (the count is in ``num_filtered``), else handled by ``truncation``: ``"error"``
 (default, as in verl) raises :class:`DataError` naming the row, ``"left"`` keeps the last
@@ -43,6 +48,8 @@ class RLDataset:
         filter_overlong_prompts: bool = False,
         truncation: str = "error",
         apply_chat_template: bool = True,
+        chat_template_kwargs: dict | None = None,
+        reward_fn_key: str = "data_source",
     ):
         if truncation not in TRUNCATIONS:
             raise DataError(f"data.truncation must be one of {', '.join(TRUNCATIONS)} (got {truncation!r})")
@@ -53,11 +60,18 @@ class RLDataset:
         self.max_prompt_length = max_prompt_length
         self.truncation = truncation
         self.apply_chat_template = apply_chat_template
+        self.chat_template_kwargs = dict(chat_template_kwargs or {})
+        self.reward_fn_key = reward_fn_key
         self._rows: list[dict] = []
         self._prompt_ids: list[list[int]] = []
         self._texts: list[str] = []
         self._indices: list[int] = []
         for index, row in enumerate(rows):
+            if row.get(reward_fn_key) is None:
+                raise DataError(
+                    f"{_where(row, index)}: no {reward_fn_key!r} column, which data.reward_fn_key names as "
+                    "the one that selects the scoring function: add it, or set data.reward_fn_key=data_source"
+                )
             text, ids = self._render(row)
             if len(ids) > max_prompt_length and filter_overlong_prompts:
                 continue
@@ -93,7 +107,9 @@ class RLDataset:
                 f"{_where(row)}: the tokenizer has no chat template to render the chat prompt with: use a "
                 "tokenizer with one, or build the dataset with apply_chat_template=False to use raw text"
             )
-        text = self.tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
+        text = self.tokenizer.apply_chat_template(
+            prompt, add_generation_prompt=True, tokenize=False, **self.chat_template_kwargs
+        )
         return text, self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _fit(self, ids: list[int], row: dict, index: int) -> list[int]:
@@ -119,7 +135,7 @@ class RLDataset:
             "prompt_ids": list(self._prompt_ids[i]),
             "prompt_text": self._texts[i],
             "raw_prompt": row[self.prompt_key],
-            "data_source": row["data_source"],
+            "data_source": row[self.reward_fn_key],
             "ground_truth": row["reward_model"]["ground_truth"],
             "extra_info": dict(row.get("extra_info") or {}),
             "ability": row.get("ability"),

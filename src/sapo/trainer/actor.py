@@ -4,7 +4,8 @@ For one rollout batch of ``N`` sequences:
 
 1. for each of ``ppo_epochs`` epochs, shuffle the rows (seeded) and cut them into mini-batches of
    ``ppo_mini_batch_size x rollout.n`` sequences; each mini-batch is one optimizer step;
-2. a mini-batch is processed in micro-batches of ``ppo_micro_batch_size_per_gpu`` sequences; each
+2. a mini-batch is processed in micro-batches of ``ppo_micro_batch_size_per_gpu`` sequences (with
+   ``use_dynamic_bsz``: groups of at most ``ppo_max_token_len_per_gpu`` real tokens); each
    micro-batch loss is normalised by the *mini-batch's* token / sequence counts, so the gradients of the
    micro-batches add up to the gradient of one pass over the whole mini-batch (SAPO.md, "Aggregation");
 3. the loss of a micro-batch is ``policy_loss + kl_loss_coef * kl - entropy_coeff * entropy``, each term
@@ -48,6 +49,7 @@ class ActorUpdateSettings:
     ppo_epochs: int = 1
     mini_batch_size: int = 8  # sequences (ppo_mini_batch_size x rollout.n)
     micro_batch_size: int = 8  # sequences per forward/backward
+    max_token_len: int | None = None  # use_dynamic_bsz: token budget of a micro-batch (replaces the count)
     shuffle: bool = True
     use_kl_loss: bool = False
     kl_loss_coef: float = 0.0
@@ -93,7 +95,7 @@ def _optimizer_step(model, optimizer, mini: Batch, settings: ActorUpdateSettings
         "loss_scale_factor": settings.loss_scale_factor,
     }
     per_micro, loss_sums = [], defaultdict(float)
-    for micro in mini.split(settings.micro_batch_size):
+    for _, micro in mini.micro_batches(settings.micro_batch_size, settings.max_token_len):
         metrics, losses = _micro_batch_backward(model, micro.trimmed(), settings, counts)
         per_micro.append(metrics)
         for name, value in losses.items():

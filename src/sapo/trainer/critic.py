@@ -46,16 +46,16 @@ class ValueModel(nn.Module):
 
 
 @torch.no_grad()
-def compute_values(critic: ValueModel, batch: Batch, micro_batch_size: int) -> torch.Tensor:
+def compute_values(
+    critic: ValueModel, batch: Batch, micro_batch_size: int, max_tokens: int | None = None
+) -> torch.Tensor:
     critic.eval()
-    parts = []
-    for micro in batch.split(micro_batch_size):
+    out = batch.response_mask.new_zeros(batch.num_sequences, batch.response_length)  # [N, R]
+    for rows, micro in batch.micro_batches(micro_batch_size, max_tokens):
         trimmed = micro.trimmed()
         values = critic(trimmed.input_ids, trimmed.attention_mask, trimmed.response_length)  # [n, r]
-        padded = values.new_zeros(micro.num_sequences, batch.response_length)  # [n, R]
-        padded[:, : values.shape[1]] = values
-        parts.append(padded)
-    return torch.cat(parts) * batch.response_mask  # [N, R]
+        out[rows, : values.shape[1]] = values
+    return out * batch.response_mask  # [N, R]
 
 
 def value_loss(values, old_values, returns, mask, *, cliprange_value: float, loss_agg_mode: str, **counts):
@@ -84,7 +84,7 @@ def update_critic(critic, optimizer, batch: Batch, settings, generator: torch.Ge
                 "global_num_seqs": float(len(rows)),
             }
             loss_total, clip_weighted = 0.0, 0.0
-            for micro in mini.split(settings.micro_batch_size):
+            for _, micro in mini.micro_batches(settings.micro_batch_size, settings.max_token_len):
                 micro = micro.trimmed()
                 values = critic(micro.input_ids, micro.attention_mask, micro.response_length)  # [n, r]
                 loss, clip_frac = value_loss(

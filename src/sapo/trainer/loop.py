@@ -28,6 +28,12 @@ from sapo.core.kl import kl_penalty
 from sapo.trainer import checkpoint as ckpt
 from sapo.trainer.actor import needs_old_log_prob, update_actor
 from sapo.trainer.critic import compute_values, update_critic
+from sapo.trainer.generations import (
+    append_val_generations,
+    dump_generations,
+    format_val_generations,
+    generation_records,
+)
 from sapo.trainer.rollout_step import compute_log_probs, generate_and_score
 from sapo.trainer.run import TrainingRun, start_run
 from sapo.trainer.step_metrics import batch_metrics
@@ -49,11 +55,13 @@ def train(config: Config) -> RunSummary:
     first_validation = None
     try:
         trainer = config.trainer
+        if trainer.val_only:  # validate the current policy (step 0, or the resumed step) and stop
+            first_validation = validate(run)
+            run.logger.log(first_validation, step=run.global_step)
+            return RunSummary(run.run_dir, run.global_step, first_validation, first_validation, None)
         if run.global_step == 0 and trainer.val_before_train and run.val_set is not None:
             first_validation = validate(run)
             run.logger.log(first_validation, step=0)
-            if trainer.val_only:
-                return RunSummary(run.run_dir, 0, first_validation, first_validation, None)
         metrics: dict[str, float] = {}
         while run.global_step < run.total_steps:
             metrics = training_step(run)
@@ -86,16 +94,19 @@ def training_step(run: TrainingRun) -> dict[str, float]:
     with _timer(timing, "old_log_prob"):
         if needs_old_log_prob(batch.num_sequences, run.actor) or run.kl_ctrl is not None:
             batch.old_log_prob = compute_log_probs(
-                run.policy, batch, run.log_prob_micro, run.actor.temperature
+                run.policy, batch, run.log_prob_micro, run.actor.temperature, run.log_prob_max_tokens
             )
     if run.reference is not None:
         with _timer(timing, "ref"):
             batch.ref_log_prob = compute_log_probs(
-                run.reference, batch, run.log_prob_micro, run.actor.temperature
+                run.reference, batch, run.ref_log_prob_micro, run.actor.temperature, run.log_prob_max_tokens
             )
     if run.critic is not None:
         with _timer(timing, "values"):
-            batch.values = compute_values(run.critic, batch, run.log_prob_micro)
+            settings = run.critic_settings
+            batch.values = compute_values(
+                run.critic, batch, settings.micro_batch_size, settings.max_token_len
+            )
     with _timer(timing, "adv"):
         reward_metrics = _rewards_and_advantages(run, batch)
     with _timer(timing, "update_critic"):
@@ -115,6 +126,10 @@ def training_step(run: TrainingRun) -> dict[str, float]:
     timing["step"] = time.perf_counter() - start
     metrics = {**batch_metrics(batch, timing), **reward_metrics, **critic_metrics, **actor_metrics}
     metrics.update(scored.reward.metrics())
+    metrics.update(_overlong_metrics(run, scored.reward))
+    if run.config.trainer.rollout_data_dir:
+        records = generation_records(scored, run.global_step, batch.advantages, batch.response_mask)
+        dump_generations(run.config.trainer.rollout_data_dir, run.global_step, records)
     if batch.old_log_prob is not None:
         metrics.update(
             rollout_mismatch_metrics(batch.rollout_log_probs, batch.old_log_prob, batch.response_mask)
@@ -123,6 +138,19 @@ def training_step(run: TrainingRun) -> dict[str, float]:
     metrics["training/global_step"] = run.global_step
     metrics["training/epoch"] = epoch_before
     return metrics
+
+
+def _overlong_metrics(run: TrainingRun, reward) -> dict[str, float]:
+    """``reward_model.overlong_buffer.log``: the DAPO penalty's mean and the fraction of responses in the
+    buffer (verl's ``overlong_reward`` and ``overlong`` reward extras)."""
+    if not run.config.reward_model.overlong_buffer.log or "overlong_reward" not in reward.extra_info:
+        return {}
+    penalties = reward.extra_info["overlong_reward"]
+    flags = reward.extra_info["overlong"]
+    return {
+        "reward/overlong_reward/mean": sum(penalties) / len(penalties),
+        "reward/overlong/mean": sum(float(f) for f in flags) / len(flags),
+    }
 
 
 def _rewards_and_advantages(run: TrainingRun, batch) -> dict[str, float]:
@@ -135,7 +163,8 @@ def _rewards_and_advantages(run: TrainingRun, batch) -> dict[str, float]:
         seq_kl = (kl.sum(-1) / batch.response_mask.sum(-1).clamp(min=1)).mean()
         metrics["actor/reward_kl_penalty"] = float(seq_kl)
         metrics["actor/reward_kl_penalty_coeff"] = run.kl_ctrl.value
-        run.kl_ctrl.update(float(seq_kl), n_steps=run.config.data.train_batch_size)
+        # n_steps counts sequences (prompts x rollout.n): verl's apply_kl_penalty passes the batch's size
+        run.kl_ctrl.update(float(seq_kl), n_steps=batch.num_sequences)
     extra = dict(run.estimator_kwargs)
     if "values" in extra:
         extra["values"] = batch.values
@@ -162,17 +191,27 @@ class _timer:
 
 def validate(run: TrainingRun) -> dict[str, float]:
     start = time.perf_counter()
-    out_dir = run.config.trainer.validation_data_dir
+    trainer, data = run.config.trainer, run.config.data
+    records: list[dict] = []
     metrics = run_validation(
         run.engine,
         run.tokenizer,
         run.reward,
         run.val_set,
         run.val_sampling,
-        batch_size=run.config.data.val_batch_size,
-        generations_path=Path(out_dir) / "validation.jsonl" if out_dir else None,
+        batch_size=data.val_batch_size,
         step=run.global_step,
+        records=records,
+        shuffle_seed=(data.seed if data.seed is not None else trainer.seed)
+        if data.validation_shuffle
+        else None,
     )
+    if trainer.validation_data_dir:
+        dump_generations(trainer.validation_data_dir, run.global_step, records)
+    if trainer.log_val_generations > 0:
+        shown = records[: trainer.log_val_generations]
+        append_val_generations(run.run_dir, shown)
+        run.logger.write(format_val_generations(shown))
     accuracy = accuracy_of(metrics)
     if accuracy is not None:
         metrics["val-core/acc/mean"] = accuracy

@@ -63,21 +63,24 @@ def generate_and_score(engine, tokenizer, reward_manager, items: list[dict], sam
 
 
 @torch.no_grad()
-def compute_log_probs(model, batch: Batch, micro_batch_size: int, temperature: float) -> torch.Tensor:
+def compute_log_probs(
+    model, batch: Batch, micro_batch_size: int, temperature: float, max_tokens: int | None = None
+) -> torch.Tensor:
     """Log-probs of the batch's response tokens under ``model`` (no gradient), micro-batch by
-    micro-batch: ``old_log_prob`` for the actor, ``ref_log_prob`` for the reference policy."""
+    micro-batch (``micro_batch_size`` rows, or groups of at most ``max_tokens`` real tokens):
+    ``old_log_prob`` for the actor, ``ref_log_prob`` for the reference policy."""
     from sapo.models.logprobs import token_log_probs
 
     was_training = model.training
     model.eval()
-    parts = []
-    for micro in batch.split(micro_batch_size):
+    out = None
+    for rows, micro in batch.micro_batches(micro_batch_size, max_tokens):
         trimmed = micro.trimmed()
         log_prob, _ = token_log_probs(
             model, trimmed.input_ids, trimmed.attention_mask, trimmed.response_length, temperature=temperature
         )  # [n, r]
-        padded = log_prob.new_zeros(micro.num_sequences, batch.response_length)  # [n, R]
-        padded[:, : log_prob.shape[1]] = log_prob
-        parts.append(padded)
+        if out is None:
+            out = log_prob.new_zeros(batch.num_sequences, batch.response_length)  # [N, R]
+        out[rows, : log_prob.shape[1]] = log_prob
     model.train(was_training)
-    return torch.cat(parts)  # [N, R]
+    return out  # [N, R]

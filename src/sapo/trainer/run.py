@@ -36,6 +36,7 @@ from sapo.trainer.setup import (
     resolve_device,
     run_dir_of,
 )
+from sapo.trainer.tokenizer_setup import apply_tokenizer_settings, tokenizer_dir
 
 
 @dataclass
@@ -47,6 +48,7 @@ class CriticSettings:
     cliprange_value: float
     loss_agg_mode: str
     grad_clip: float
+    max_token_len: int | None = None  # use_dynamic_bsz: token budget of a micro-batch
 
 
 @dataclass
@@ -71,7 +73,9 @@ class TrainingRun:
     shuffle_generator: torch.Generator
     logger: MetricsLogger | None
     total_steps: int
-    log_prob_micro: int
+    log_prob_micro: int  # rollout.log_prob_micro_batch_size_per_gpu: old_log_prob passes
+    ref_log_prob_micro: int  # ref.log_prob_micro_batch_size_per_gpu: ref_log_prob passes
+    log_prob_max_tokens: int | None = None  # use_dynamic_bsz: token budget of every log-prob pass
     kl_ctrl: object | None = None
     critic: torch.nn.Module | None = None
     critic_optimizer: torch.optim.Optimizer | None = None
@@ -128,6 +132,12 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
     device = resolve_device(trainer.device)
     use_kl_in_reward = config.algorithm.use_kl_in_reward
     models = build_models(config, device, needs_reference=actor_cfg.use_kl_loss or use_kl_in_reward)
+    models.tokenizer = apply_tokenizer_settings(
+        models.tokenizer,
+        models.policy,
+        path=tokenizer_dir(data.tokenizer, config.actor_rollout_ref.model.tokenizer_path),
+        chat_template=config.actor_rollout_ref.model.custom_chat_template,
+    )
     train_files, val_files = data_files(config, run_dir)
     train_set = build_dataset(train_files, models.tokenizer, config, data.train_max_samples)
     val_set = build_dataset(val_files, models.tokenizer, config, data.val_max_samples) if val_files else None
@@ -147,7 +157,9 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
         policy=models.policy,
         tokenizer=models.tokenizer,
         reference=models.reference,
-        engine=make_rollout_engine(rollout_cfg.name, models.policy, models.tokenizer),
+        engine=make_rollout_engine(
+            rollout_cfg.name, models.policy, models.tokenizer, **_engine_kwargs(config)
+        ),
         reward=build_reward(config, response_length),
         train_set=train_set,
         val_set=val_set,
@@ -173,6 +185,9 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
         logger=None,
         total_steps=total_steps,
         log_prob_micro=rollout_cfg.log_prob_micro_batch_size_per_gpu or actor.micro_batch_size,
+        ref_log_prob_micro=config.actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu
+        or actor.micro_batch_size,
+        log_prob_max_tokens=actor.max_token_len,
         warm_start=models.warm_start,
     )
     if use_kl_in_reward:
@@ -217,6 +232,7 @@ def _actor_settings(config: Config, n: int) -> ActorUpdateSettings:
         ppo_epochs=actor_cfg.ppo_epochs,
         mini_batch_size=mini,
         micro_batch_size=actor_cfg.ppo_micro_batch_size_per_gpu or mini,
+        max_token_len=actor_cfg.ppo_max_token_len_per_gpu if actor_cfg.use_dynamic_bsz else None,
         shuffle=actor_cfg.shuffle,
         use_kl_loss=actor_cfg.use_kl_loss,
         kl_loss_coef=actor_cfg.kl_loss_coef,
@@ -226,6 +242,18 @@ def _actor_settings(config: Config, n: int) -> ActorUpdateSettings:
         temperature=config.actor_rollout_ref.rollout.temperature,
         loss_scale_factor=actor_cfg.loss_scale_factor or config.data.max_response_length,
     )
+
+
+def _engine_kwargs(config: Config) -> dict:
+    """The vllm engine's own settings (the hf engine has none)."""
+    rollout = config.actor_rollout_ref.rollout
+    if rollout.name != "vllm":
+        return {}
+    return {
+        "gpu_memory_utilization": rollout.gpu_memory_utilization,
+        "enforce_eager": rollout.enforce_eager,
+        "seed": config.trainer.seed,
+    }
 
 
 def _val_sampling(config: Config, response_length: int) -> SamplingParams:
@@ -270,12 +298,17 @@ def _attach_critic(run: TrainingRun, models, total_steps: int) -> None:
     critic_cfg, actor = config.critic, run.actor
     path = critic_cfg.model.path or models.path
     base, _ = load_model_and_tokenizer(path, dtype=config.actor_rollout_ref.model.dtype, device=run.device)
+    if critic_cfg.model.enable_gradient_checkpointing:
+        base.gradient_checkpointing_enable()
     run.critic = ValueModel(base)
     run.critic_optimizer, run.critic_scheduler = build_optimizer_and_scheduler(
         run.critic.parameters(), critic_cfg.optim, total_steps
     )
     n = config.actor_rollout_ref.rollout.n
     mini = (critic_cfg.ppo_mini_batch_size or config.actor_rollout_ref.actor.ppo_mini_batch_size) * n
+    dynamic = critic_cfg.use_dynamic_bsz
+    if dynamic is None:
+        dynamic = config.actor_rollout_ref.actor.use_dynamic_bsz
     run.critic_settings = CriticSettings(
         ppo_epochs=critic_cfg.ppo_epochs or actor.ppo_epochs,
         mini_batch_size=mini,
@@ -284,6 +317,7 @@ def _attach_critic(run: TrainingRun, models, total_steps: int) -> None:
         cliprange_value=critic_cfg.cliprange_value,
         loss_agg_mode=critic_cfg.loss_agg_mode or "token-mean",
         grad_clip=critic_cfg.grad_clip,
+        max_token_len=critic_cfg.ppo_max_token_len_per_gpu if dynamic else None,
     )
 
 

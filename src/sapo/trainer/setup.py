@@ -122,6 +122,8 @@ def build_dataset(files: list[str], tokenizer, config: Config, max_samples: int)
         max_prompt_length=data.max_prompt_length,
         filter_overlong_prompts=data.filter_overlong_prompts,
         truncation=data.truncation,
+        chat_template_kwargs=data.apply_chat_template_kwargs,
+        reward_fn_key=data.reward_fn_key,
     )
 
 
@@ -133,8 +135,8 @@ def build_reward(config: Config, max_response_length: int):
     kwargs = {"on_error": reward.on_error, "timeout_s": reward.timeout_s}
     if reward.reward_manager == "dapo":
         buffer = reward.overlong_buffer
-        kwargs.update(
-            overlong_buffer_len=buffer.len,
+        kwargs.update(  # enable=false: no penalty, whatever len says (verl's DAPO manager)
+            overlong_buffer_len=buffer.len if buffer.enable else 0,
             overlong_penalty_factor=buffer.penalty_factor,
             max_response_length=buffer.max_resp_len or max_response_length,
         )

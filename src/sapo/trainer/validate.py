@@ -7,10 +7,10 @@ or else its score: the built-in scorers, gsm8k and math give 1.0 for a right ans
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import random
 
 from sapo.rollout.base import SamplingParams
+from sapo.trainer.generations import generation_records
 from sapo.trainer.rollout_step import generate_and_score
 from sapo.trainer.validation_metrics import validation_metrics
 
@@ -23,26 +23,32 @@ def run_validation(
     sampling: SamplingParams,
     *,
     batch_size: int | None = None,
-    generations_path: Path | None = None,
     step: int = 0,
+    records: list[dict] | None = None,
+    shuffle_seed: int | None = None,
 ) -> dict[str, float]:
-    """Generate for every validation prompt and return the ``val-core/...`` and ``val-aux/...`` metrics."""
-    items = [dataset[i] for i in range(len(dataset))]
+    """Generate for every validation prompt and return the ``val-core/...`` and ``val-aux/...`` metrics.
+
+    ``records``: a list that receives one record per response (:mod:`sapo.trainer.generations`).
+    ``shuffle_seed``: visit the prompts in a seeded random order (``data.validation_shuffle``) instead of
+    dataset order; it changes the generation batches and the order of the records, not the metrics'
+    definition."""
+    order = list(range(len(dataset)))
+    if shuffle_seed is not None:
+        random.Random(shuffle_seed).shuffle(order)
+    items = [dataset[i] for i in order]
     size = batch_size or len(items)
-    sources, prompt_ids, rewards, correct, records = [], [], [], [], []
+    sources, prompt_ids, rewards, correct = [], [], [], []
     for start in range(0, len(items), size):
         scored = generate_and_score(engine, tokenizer, reward_manager, items[start : start + size], sampling)
         accs = scored.reward.extra_info.get("acc") or [None] * len(scored.responses)
-        for item, text, score, acc in zip(scored.items, scored.responses, scored.reward.scores, accs):
+        for item, score, acc in zip(scored.items, scored.reward.scores, accs):
             sources.append(item["data_source"])
             prompt_ids.append(item["index"])
             rewards.append(float(score))
             correct.append(float(score if acc is None else acc))
-            records.append({"step": step, "prompt": item["prompt_text"], "response": text, "score": score})
-    if generations_path is not None:
-        generations_path.parent.mkdir(parents=True, exist_ok=True)
-        with generations_path.open("a") as out:
-            out.writelines(json.dumps(r) + "\n" for r in records)
+        if records is not None:
+            records.extend(generation_records(scored, step))
     return validation_metrics(sources, prompt_ids, rewards, correct)
 
 

@@ -1,0 +1,52 @@
+"""The tokenizer settings of a run, applied after the model is loaded.
+
+- ``data.tokenizer`` / ``actor_rollout_ref.model.tokenizer_path``: load the tokenizer from that directory
+  instead of the model's (one tokenizer renders the prompts, drives generation and decodes the responses,
+  so the two keys must agree when both are set);
+- ``actor_rollout_ref.model.custom_chat_template``: a Jinja template that replaces the tokenizer's own; it
+  renders every chat prompt and is saved with the exported model.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sapo.errors import UserError
+
+
+def tokenizer_dir(data_tokenizer: str | None, model_tokenizer_path: str | None) -> str | None:
+    """The tokenizer directory the run uses, or None for the model's own (config validation has already
+    rejected two different directories)."""
+    return data_tokenizer or model_tokenizer_path
+
+
+def apply_tokenizer_settings(tokenizer, model, *, path: str | None, chat_template: str | None):
+    """``tokenizer``, or the one loaded from ``path``, with ``chat_template`` installed when given."""
+    if path is not None:
+        tokenizer = _load(Path(path).expanduser(), model)
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    return tokenizer
+
+
+def _load(path: Path, model):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as exc:
+        raise UserError(
+            f"no usable tokenizer in {str(path)!r} ({type(exc).__name__}: {exc}): point data.tokenizer / "
+            "actor_rollout_ref.model.tokenizer_path at a directory saved with tokenizer.save_pretrained"
+        ) from exc
+    if len(tokenizer) > model.config.vocab_size:
+        raise UserError(
+            f"the tokenizer in {str(path)!r} has {len(tokenizer)} tokens but the model's vocabulary has "
+            f"{model.config.vocab_size}: use the model's own tokenizer or one that fits its vocabulary"
+        )
+    tokenizer.padding_side = "left"  # generation appends on the right
+    if tokenizer.pad_token_id is None:
+        if tokenizer.eos_token is None:
+            raise UserError(f"the tokenizer in {str(path)!r} has neither a pad token nor an EOS token")
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
