@@ -22,10 +22,15 @@ from __future__ import annotations
 import torch
 
 
+def _wide(x: torch.Tensor) -> torch.Tensor:
+    """``x`` in float32 at least (half types are widened; float64 stays float64)."""
+    return x.float() if x.element_size() < 4 else x
+
+
 class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, eps):  # x [..., H], weight [H]
-        x32 = x.float()
+        x32 = _wide(x)
         rstd = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)  # [..., 1]
         ctx.save_for_backward(x, weight, rstd)
         return weight * (x32 * rstd).to(x.dtype)
@@ -33,11 +38,11 @@ class _RMSNorm(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad):
         x, weight, rstd = ctx.saved_tensors
-        normed = x.float() * rstd  # [..., H]
+        normed = _wide(x) * rstd  # [..., H]
         grad_weight = None
         if ctx.needs_input_grad[1]:
             grad_weight = (grad * normed.to(x.dtype)).reshape(-1, x.shape[-1]).sum(0).to(weight.dtype)
-        grad_normed = grad.float() * weight.float()  # [..., H]
+        grad_normed = _wide(grad) * _wide(weight)  # [..., H]
         dot = (grad_normed * normed).mean(-1, keepdim=True)  # [..., 1]
         grad_x = (grad_normed - normed * dot).mul_(rstd).to(x.dtype)
         return grad_x, grad_weight, None
