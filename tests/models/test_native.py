@@ -51,7 +51,7 @@ def _qwen2(tmp_path, tied):
     with torch.no_grad():  # transformers initialises biases to 0; make them matter
         for layer in model.model.layers:
             for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
-                proj.bias.normal_(0, 0.5)
+                proj.bias.normal_(0, 0.2)
     model.save_pretrained(tmp_path / f"qwen2-{tied}")
     return tmp_path / f"qwen2-{tied}"
 
