@@ -27,7 +27,6 @@ from sapo.rollout.base import SamplingParams
 from sapo.trainer import checkpoint as ckpt
 from sapo.trainer.actor import ActorUpdateSettings
 from sapo.trainer.logging import MetricsLogger
-from sapo.trainer.memory import use_mmap_for_large_allocations
 from sapo.trainer.optim import build_optimizer_and_scheduler
 from sapo.trainer.setup import (
     build_dataset,
@@ -121,7 +120,6 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
     )
     trainer, data = config.trainer, config.data
     actor_cfg, rollout_cfg = config.actor_rollout_ref.actor, config.actor_rollout_ref.rollout
-    use_mmap_for_large_allocations()  # freed activations leave the resident set (sapo.trainer.memory)
     seed_everything(trainer.seed)
     run_dir = run_dir_of(config)
     run_dir.mkdir(parents=True, exist_ok=True)
