@@ -90,6 +90,7 @@ def test_logits_hidden_and_every_gradient_match_transformers(tmp_path, arch, tie
     path = _build(tmp_path, arch, tied)
     ours, theirs = NativeCausalLM.from_pretrained(path), AutoModelForCausalLM.from_pretrained(path)
     assert list(ours.state_dict()) == list(theirs.state_dict())
+    assert ours.config._name_or_path == str(path) and "_name_or_path" not in ours.config.to_dict()
     ours.train(), theirs.train()
     ids, mask = _padded_batch()
     out, ref = ours(ids, mask), _hf_forward(theirs, ids, mask)

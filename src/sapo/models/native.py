@@ -321,6 +321,7 @@ def load_native_model(path, *, dtype: torch.dtype = torch.float32, device=None) 
     ``dtype``, on ``device``) shard by shard in their place. Missing or unexpected weights are a UserError."""
     path = Path(path)
     config = NativeConfig(read_config(path))
+    config._name_or_path = str(path)  # as transformers records it (the vllm engine reads it)
     generation = read_generation_config(path)
     model = NativeCausalLM(config, _AttributeDict(generation) if generation is not None else None)
     expected = set(model.state_dict())
