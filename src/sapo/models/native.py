@@ -35,6 +35,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from sapo.errors import UserError
+from sapo.models.loading import resolve_dtype
 from sapo.models.logprobs import position_ids_from_mask
 from sapo.models.native_config import (
     WEIGHTS_FILE,
@@ -270,7 +271,7 @@ class NativeCausalLM(nn.Module):
         return NativeOutput(last_hidden_state=hidden, logits=self.lm_head(hidden))
 
     @classmethod
-    def from_pretrained(cls, path, *, dtype=torch.float32, device=None) -> NativeCausalLM:
+    def from_pretrained(cls, path, *, dtype: str | torch.dtype = "float32", device=None) -> NativeCausalLM:
         """Load a Hugging Face directory (config.json + safetensors weights) without transformers."""
         return load_native_model(path, dtype=dtype, device=device)
 
@@ -316,10 +317,10 @@ def supports_native(config_json: dict) -> bool:
     return True
 
 
-def load_native_model(path, *, dtype: torch.dtype = torch.float32, device=None) -> NativeCausalLM:
+def load_native_model(path, *, dtype: str | torch.dtype = torch.float32, device=None) -> NativeCausalLM:
     """Build the model with uninitialised parameters, then assign the checkpoint's tensors (converted to
     ``dtype``, on ``device``) shard by shard in their place. Missing or unexpected weights are a UserError."""
-    path = Path(path)
+    path, dtype = Path(path), resolve_dtype(dtype)  # "bfloat16" and torch.bfloat16 alike
     config = NativeConfig(read_config(path))
     config._name_or_path = str(path)  # as transformers records it (the vllm engine reads it)
     generation = read_generation_config(path)
