@@ -94,7 +94,8 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory() as tmp:
-        model, tokenizer = load_model_and_tokenizer(build_tiny_model(f"{tmp}/m", TinyModelSpec()))
+        # transformers' model: the benchmark compares the engine with its generate
+        model, tokenizer = load_model_and_tokenizer(build_tiny_model(f"{tmp}/m", TinyModelSpec()), impl="hf")
     model.eval()
     params = sum(p.numel() for p in model.parameters())
     prompts = [tokenizer(text)["input_ids"] for text in PROMPTS]

@@ -69,7 +69,8 @@ def _model(tmp_path_factory, name):
             path = build_tiny_model(
                 tmp_path_factory.mktemp(name) / "m", _spec(arch, tied == "tied"), chars=CHARS, seed=2
             )
-            MODELS[name] = load_model_and_tokenizer(path)
+            # transformers' model: these tests compare the engine with its forward and generate
+            MODELS[name] = load_model_and_tokenizer(path, impl="hf")
     return MODELS[name]
 
 

@@ -91,6 +91,13 @@ class ModelConfig:
     enable_gradient_checkpointing: bool = opt(
         False, "Recompute activations in backward to save memory.", verl=True
     )
+    impl: str = opt(
+        "auto",
+        "Model implementation: native (sapo's pure-torch Llama/Qwen2/Qwen3, less memory, no transformers "
+        "modeling import) | hf (transformers' AutoModelForCausalLM, any causal LM) | auto (native when it "
+        "supports the checkpoint, else hf). (sapo key)",
+        verl=NO_VERL_DEFAULT,
+    )
 
 
 @dataclass

@@ -136,7 +136,8 @@ def _read_file(path: Path):
         import pyarrow.parquet as pq
 
         try:
-            table = pq.read_table(path)
+            # ParquetFile, not read_table: read_table imports pyarrow.dataset and with it pandas (~40 MiB)
+            table = pq.ParquetFile(path).read()
         except Exception as err:
             raise DataError(f"cannot read {path} as parquet ({err}): is it a parquet file?") from err
         for i, row in enumerate(table.to_pylist()):

@@ -1,9 +1,14 @@
 """Load a Hugging Face causal language model and its tokenizer from a local directory.
 
 Every model the project trains goes through `load_model_and_tokenizer`: it checks the directory, loads the
-model with ``AutoModelForCausalLM`` (dense or mixture-of-experts) in the requested dtype, loads the tokenizer,
-and prepares the tokenizer for batched generation (left padding, a pad token). Anything a user can fix raises
-a `sapo.errors.UserError` that names the problem and the fix.
+model in the requested dtype, loads the tokenizer, and prepares the tokenizer for batched generation (left
+padding, a pad token). Anything a user can fix raises a `sapo.errors.UserError` that names the problem and
+the fix.
+
+Two model implementations (``impl``): ``"native"`` is `sapo.models.native` (pure torch, dense Llama / Qwen2 /
+Qwen3 with the default RoPE; transformers' modeling code is never imported), ``"hf"`` is
+``AutoModelForCausalLM`` (any causal LM, e.g. Qwen3-MoE). ``"auto"`` (the default) takes the native one
+whenever it supports the checkpoint's architecture and transformers otherwise.
 """
 
 from __future__ import annotations
@@ -76,7 +81,45 @@ def _check_causal_lm(path: Path, config_json: dict) -> None:
         )
 
 
-def _load_model(path: Path, dtype: torch.dtype, device):
+IMPLS = ("auto", "native", "hf")
+
+
+def _native_reason(config_json: dict, impl: str) -> str | None:
+    """None when the native model will load this checkpoint, else why not (``impl="native"``: an error)."""
+    from sapo.models.native_config import NativeConfig, UnsupportedArchitecture
+
+    if impl not in IMPLS:
+        raise UserError(f"unknown model impl {impl!r}: set actor_rollout_ref.model.impl to one of {IMPLS}")
+    if impl == "hf":
+        return "impl=hf"
+    try:
+        NativeConfig(config_json)
+        return None
+    except UnsupportedArchitecture as exc:
+        if impl == "native":
+            raise UserError(
+                f"the native model cannot load this checkpoint: {exc}; set actor_rollout_ref.model.impl=auto "
+                "(or hf) to load it with transformers"
+            ) from exc
+        return str(exc)
+
+
+def _load_model(path: Path, native: bool, dtype: torch.dtype, device, impl: str):
+    """The native model when ``native`` (falling back to transformers under ``impl="auto"`` when the
+    directory has no safetensors weights), else transformers'."""
+    from sapo.models.native import load_native_model
+    from sapo.models.native_config import UnsupportedArchitecture
+
+    if native:
+        try:
+            return load_native_model(path, dtype=dtype, device=device)
+        except UnsupportedArchitecture as exc:
+            if impl == "native":
+                raise UserError(f"{exc}; set actor_rollout_ref.model.impl=auto to use transformers") from exc
+    return _load_hf_model(path, dtype, device)
+
+
+def _load_hf_model(path: Path, dtype: torch.dtype, device):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(path)
@@ -121,25 +164,31 @@ def load_model_and_tokenizer(
     dtype: str | torch.dtype = "float32",
     device: str | torch.device | None = None,
     require_chat_template: bool = False,
+    impl: str = "auto",
 ):
     """Load ``(model, tokenizer)`` from the local directory ``path``.
 
-    The model comes from ``AutoModelForCausalLM`` in ``dtype`` (float32 by default; bfloat16 for large
-    models), moved to ``device`` when given, in train mode as ``from_pretrained`` leaves it. The tokenizer
-    pads on the left and always has a pad token. With ``require_chat_template=True`` a tokenizer without a
-    chat template is an error (the data layer renders prompts with it).
+    The model is `sapo.models.native.NativeCausalLM` or transformers' ``AutoModelForCausalLM`` (``impl``:
+    ``"auto"`` | ``"native"`` | ``"hf"``, see the module docstring), in ``dtype`` (float32 by default;
+    bfloat16 for large models), on ``device`` when given (else the CPU), in eval mode as ``from_pretrained``
+    leaves it. The tokenizer pads on the left and always has a pad token. With
+    ``require_chat_template=True`` a tokenizer without a chat template is an error (the data layer renders
+    prompts with it).
     """
     from transformers import AutoTokenizer
 
     path = Path(path).expanduser()
     torch_dtype = resolve_dtype(dtype)
-    _check_causal_lm(path, _check_model_dir(path))
+    config_json = _check_model_dir(path)
+    native = _native_reason(config_json, impl) is None
+    if not native:
+        _check_causal_lm(path, config_json)
     if not any((path / name).is_file() for name in _TOKENIZER_FILES):
         raise UserError(
             f"no tokenizer files in {str(path)!r} (looked for {', '.join(_TOKENIZER_FILES)}): save the "
             "tokenizer next to the model with tokenizer.save_pretrained(dir)"
         )
-    model = _load_model(path, torch_dtype, device)
+    model = _load_model(path, native, torch_dtype, device, impl)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except (OSError, ValueError, TypeError) as exc:

@@ -117,6 +117,12 @@ class HFRolloutEngine:
         self.eos_token_ids = _eos_ids(model, tokenizer, eos_token_ids)
         if not self.eos_token_ids:
             raise UserError("the tokenizer has no EOS token, so responses could never end: set eos_token")
+        if fast_path is False and getattr(model, "is_native", False):
+            raise UserError(
+                "fast_path=False samples through transformers' forward, which sapo's native model does not "
+                "have: keep fast_path='auto', or load the model with impl='hf' "
+                "(actor_rollout_ref.model.impl=hf)"
+            )
         if fast_path is True and not supports_fast_path(model):
             raise UserError(
                 f"fast_path=True but {model.config.model_type!r} is not supported by the fast "

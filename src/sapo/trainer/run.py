@@ -297,7 +297,8 @@ def _attach_critic(run: TrainingRun, models, total_steps: int) -> None:
     config = run.config
     critic_cfg, actor = config.critic, run.actor
     path = critic_cfg.model.path or models.path
-    base, _ = load_model_and_tokenizer(path, dtype=config.actor_rollout_ref.model.dtype, device=run.device)
+    model_cfg = config.actor_rollout_ref.model
+    base, _ = load_model_and_tokenizer(path, dtype=model_cfg.dtype, device=run.device, impl=model_cfg.impl)
     if critic_cfg.model.enable_gradient_checkpointing:
         base.gradient_checkpointing_enable()
     run.critic = ValueModel(base)

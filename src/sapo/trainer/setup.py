@@ -155,7 +155,9 @@ class Models:
 def build_models(config: Config, device: torch.device, needs_reference: bool) -> Models:
     path, warm = policy_model_path(config)
     model_cfg = config.actor_rollout_ref.model
-    policy, tokenizer = load_model_and_tokenizer(path, dtype=model_cfg.dtype, device=device)
+    policy, tokenizer = load_model_and_tokenizer(
+        path, dtype=model_cfg.dtype, device=device, impl=model_cfg.impl
+    )
     if model_cfg.enable_gradient_checkpointing:
         policy.gradient_checkpointing_enable()
     reference = None
