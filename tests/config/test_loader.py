@@ -11,7 +11,7 @@ def test_defaults_are_the_documented_ones():
     assert (actor.tau_pos, actor.tau_neg) == (1.0, 1.05)
     assert actor.loss_agg_mode is None
     assert config.algorithm.adv_estimator == "grpo"
-    assert config.critic.optim.lr == 1e-5 and actor.optim.lr == 1e-4
+    assert config.critic.optim.lr == 1e-5 and actor.optim.lr == 1.5e-4
     # resolution fills "inherit" nulls
     assert config.data.seed == config.trainer.seed == 1
     assert config.actor_rollout_ref.rollout.response_length == config.data.max_response_length

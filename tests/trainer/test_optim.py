@@ -32,13 +32,17 @@ def test_warmup_rule():
 def test_constant_with_warmup_by_hand():
     # lr 1e-3, W = 4: steps 0..3 give 0, 1/4, 2/4, 3/4 of lr, then lr
     _, sched = make(
-        "actor_rollout_ref.actor.optim.lr=1e-3", "actor_rollout_ref.actor.optim.lr_warmup_steps=4"
+        "actor_rollout_ref.actor.optim.lr=1e-3",
+        "actor_rollout_ref.actor.optim.lr_warmup_steps=4",
+        "actor_rollout_ref.actor.optim.lr_scheduler_type=constant",
     )
     assert lrs_over(sched, 6) == pytest.approx([0.0, 2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3])
 
 
 def test_constant_without_warmup_is_flat_from_the_first_step():
-    _, sched = make("actor_rollout_ref.actor.optim.lr=1e-3")
+    _, sched = make(
+        "actor_rollout_ref.actor.optim.lr=1e-3", "actor_rollout_ref.actor.optim.lr_scheduler_type=constant"
+    )
     assert lrs_over(sched, 3) == pytest.approx([1e-3] * 3)
 
 

@@ -78,3 +78,15 @@ def test_unknown_key_names_close_matches(tmp_path, tiny_qwen3, overrides_for, ca
     code = main(["train", *overrides_for(tiny_qwen3, tmp_path), "actor_rollout_ref.actor.tau_pso=1.0"])
     assert code == 2
     assert "tau_pos" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("impl, expected", [("native", "NativeCausalLM"), ("hf", "Qwen3ForCausalLM")])
+def test_model_impl_picks_the_policy_implementation(tiny_qwen3, impl, expected):
+    from sapo.config import load_config
+    from sapo.trainer.setup import build_models
+
+    config = load_config(
+        None, [f"actor_rollout_ref.model.path={tiny_qwen3}", f"actor_rollout_ref.model.impl={impl}"]
+    )
+    models = build_models(config, torch.device("cpu"), needs_reference=False)
+    assert type(models.policy).__name__ == expected

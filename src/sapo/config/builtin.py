@@ -19,8 +19,8 @@ class TaskConfig:
     )
     knobs: dict = opt({}, "The task's difficulty knobs, e.g. sapo.task.knobs.max_value=99 (see `sapo data`).")
     num_train: int = opt(
-        9600,
-        "Generated training prompts (9600 = 1200 steps of 8 prompts: the demo's length at total_epochs=1).",
+        19200,
+        "Generated training prompts (19200 = 1200 steps of 16 prompts: the demo's length at total_epochs=1).",
     )
     num_val: int = opt(200, "Generated validation prompts.")
 

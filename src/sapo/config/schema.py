@@ -43,7 +43,7 @@ class DataConfig:
     reward_fn_key: str = opt("data_source", "Column whose value selects the scoring function.")
     max_prompt_length: int = opt(512, "Longest prompt in tokens (after the chat template).")
     max_response_length: int = opt(16, "Most tokens generated per response.", verl=512)
-    train_batch_size: int = opt(8, "Prompts per training step (each gets rollout.n responses).", verl=1024)
+    train_batch_size: int = opt(16, "Prompts per training step (each gets rollout.n responses).", verl=1024)
     val_batch_size: int | None = opt(None, "Prompts per validation generation batch. null: all at once.")
     train_max_samples: int = opt(-1, "Use at most this many training rows (-1: all).")
     val_max_samples: int = opt(-1, "Use at most this many validation rows (-1: all).")
@@ -118,7 +118,7 @@ class PolicyLossConfig:
 @dataclass
 class OptimConfig:
     optimizer: str = opt("AdamW", "Optimizer. Only AdamW (torch.optim) is supported.")
-    lr: float = opt(1e-4, "Peak learning rate.", verl=1e-6)
+    lr: float = opt(1.5e-4, "Peak learning rate.", verl=1e-6)
     lr_warmup_steps: int | None = opt(
         -1, "Linear warmup steps. -1/null: lr_warmup_steps_ratio x total steps."
     )
@@ -128,7 +128,7 @@ class OptimConfig:
     betas: list[float] = opt([0.9, 0.999], "AdamW betas.")
     eps: float = opt(1e-8, "AdamW epsilon. (sapo key)", verl=NO_VERL_DEFAULT)
     clip_grad: float | None = opt(None, "verl's newer name for grad_clip; when set it wins.")
-    lr_scheduler_type: str = opt("constant", "constant | cosine (after warmup).")
+    lr_scheduler_type: str = opt("cosine", "constant | cosine (after warmup).", verl="constant")
     min_lr_ratio: float = opt(0.0, "cosine: final lr as a fraction of lr.")
     num_cycles: float = opt(0.5, "cosine: number of cosine cycles (0.5 = one half-wave down).")
 
@@ -136,7 +136,7 @@ class OptimConfig:
 @dataclass
 class ActorConfig:
     ppo_mini_batch_size: int = opt(
-        4, "Prompts per mini-batch (x rollout.n sequences); one optimizer step each.", verl=256
+        8, "Prompts per mini-batch (x rollout.n sequences); one optimizer step each.", verl=256
     )
     ppo_micro_batch_size_per_gpu: int | None = opt(
         None, "Sequences per forward/backward pass per process. null: the whole per-process mini-batch."

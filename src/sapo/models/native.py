@@ -195,6 +195,10 @@ class DecoderModel(nn.Module):
         self.rotary_emb = RotaryEmbedding(config.head_dim, config.rope_theta)
         self.gradient_checkpointing = False
 
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        return self.gradient_checkpointing
+
     def forward(self, input_ids, attention_mask=None, position_ids=None, use_cache=False) -> NativeOutput:
         """Final hidden states ``[B, L, H]`` of ``input_ids [B, L]`` (left padding marked by the mask)."""
         if use_cache:
@@ -255,7 +259,7 @@ class NativeCausalLM(nn.Module):
 
     @property
     def is_gradient_checkpointing(self) -> bool:
-        return self.model.gradient_checkpointing
+        return self.model.is_gradient_checkpointing
 
     def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None) -> None:
         """Recompute each decoder layer's activations in the backward pass (torch.utils.checkpoint)."""
