@@ -55,7 +55,8 @@ HONOURED: dict[str, str] = {
     "actor_rollout_ref.model.tokenizer_path": _KEYS
     + "test_custom_chat_template_and_tokenizer_path_replace_the_models_tokenizer",
     "actor_rollout_ref.model.dtype": ACTOR,
-    "actor_rollout_ref.model.impl": "trainer/test_train_end_to_end.py::test_model_impl_picks_the_policy_implementation",
+    "actor_rollout_ref.model.impl": "trainer/test_train_end_to_end.py::"
+    + "test_model_impl_picks_the_policy_implementation",
     "actor_rollout_ref.model.custom_chat_template": VAL_ONLY,
     "actor_rollout_ref.model.enable_gradient_checkpointing": ACTOR,
     "actor_rollout_ref.actor.ppo_mini_batch_size": END_TO_END,

@@ -41,8 +41,8 @@ class WarmStartConfig:
     max_steps: int = opt(2000, "Hard cap on warm-start steps.")
     max_seconds: float = opt(
         300.0,
-        "Safety cap on warm-start wall time. The target and max_steps are what normally stop it (on 2 "
-        "quiet cores it reaches 20% in about 50 s); a time cap alone would make the result machine-dependent.",
+        "Safety cap on warm-start wall time. The target and max_steps are what normally stop it; a time cap "
+        "alone would make the result depend on the machine's speed.",
     )
     eval_every: int = opt(25, "Check held-out accuracy every N steps.")
     target_accuracy: float = opt(0.2, "Stop once held-out greedy accuracy reaches this.")
