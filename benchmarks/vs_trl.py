@@ -3,7 +3,8 @@
 Setup (issue 5): tiny Qwen3 (hidden 256, intermediate 768, 4 layers, 4 heads, head_dim 64, the 104-token
 character vocabulary of ``sapo.models.tiny``), "a+b=" prompts of the built-in arithmetic task scored by the
 same function on both sides, 8 prompts x 8 samples per rollout, temperature 1, fp32, lr 1e-5 constant,
-no KL, SAPO loss, 20 rollouts, the first excluded from the timing.
+no KL, SAPO loss, 20 rollouts, the first excluded from the timing. sapo accumulates each mini-batch over
+micro-batches of 16 sequences (the same gradient as one pass, tested in tests/trainer/test_actor.py).
 
 Each run is its own process (so peak RSS is that run's own), and the two frameworks alternate. A "step"
 is one rollout: generate 64 responses, score, update. In the off-policy variant each rollout is split into
@@ -61,6 +62,8 @@ def run_sapo(paths: dict, mini_batches: int, new_tokens: int, workdir: Path) -> 
         f"actor_rollout_ref.rollout.n={SAMPLES}",
         "actor_rollout_ref.rollout.temperature=1.0",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={PROMPTS // mini_batches}",
+        # Gradient accumulation over micro-batches of 16 sequences: the same gradient (tested), less memory.
+        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=16",
         "actor_rollout_ref.actor.optim.lr=1e-5",
         "actor_rollout_ref.actor.optim.weight_decay=0.0",
         "actor_rollout_ref.actor.optim.lr_scheduler_type=constant",
