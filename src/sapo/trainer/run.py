@@ -115,18 +115,23 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
+def _check_and_seed(config: Config) -> None:
+    """Reject an impossible config before any compute; set threads and seeds."""
     validate(
         config,
         valid_loss_modes=POLICY_LOSSES,
         valid_estimators=ADVANTAGE_ESTIMATORS,
         valid_kl_types=KL_ESTIMATORS,
     )
+    if config.trainer.cpu_threads is not None:
+        torch.set_num_threads(config.trainer.cpu_threads)
+    seed_everything(config.trainer.seed)
+
+
+def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
+    _check_and_seed(config)
     trainer, data = config.trainer, config.data
     actor_cfg, rollout_cfg = config.actor_rollout_ref.actor, config.actor_rollout_ref.rollout
-    if trainer.cpu_threads is not None:
-        torch.set_num_threads(trainer.cpu_threads)
-    seed_everything(trainer.seed)
     run_dir = run_dir_of(config)
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(trainer.device)
@@ -148,8 +153,7 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
         models.policy.parameters(), actor_cfg.optim, total_steps
     )
     response_length = rollout_cfg.response_length or data.max_response_length
-    n = rollout_cfg.n
-    actor = _actor_settings(config, n)
+    actor = _actor_settings(config, rollout_cfg.n)
     run = TrainingRun(
         config=config,
         run_dir=run_dir,
@@ -169,14 +173,7 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
         optimizer=optimizer,
         scheduler=scheduler,
         actor=actor,
-        sampling=SamplingParams(
-            n=n,
-            temperature=rollout_cfg.temperature,
-            top_p=rollout_cfg.top_p,
-            top_k=rollout_cfg.top_k,
-            max_new_tokens=response_length,
-            do_sample=rollout_cfg.do_sample,
-        ),
+        sampling=_train_sampling(config, response_length),
         val_sampling=_val_sampling(config, response_length),
         estimator_kwargs=_estimator_kwargs(config),
         shuffle_generator=torch.Generator().manual_seed(
@@ -197,6 +194,7 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
     resumed_from = _resume(run)
     run.derived = {**derived_quantities(config, train_dataset_size=len(train_set)), "run_dir": str(run_dir)}
     _record_start(run, resumed_from, quiet)
+    trainer = config.trainer
     run.logger = MetricsLogger(
         run_dir,
         trainer.logger,
@@ -206,6 +204,18 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
         resume_step=run.global_step,  # 0 on a fresh start: clears an old metrics.jsonl
     )
     return run
+
+
+def _train_sampling(config: Config, response_length: int) -> SamplingParams:
+    rollout = config.actor_rollout_ref.rollout
+    return SamplingParams(
+        n=rollout.n,
+        temperature=rollout.temperature,
+        top_p=rollout.top_p,
+        top_k=rollout.top_k,
+        max_new_tokens=response_length,
+        do_sample=rollout.do_sample,
+    )
 
 
 def _actor_settings(config: Config, n: int) -> ActorUpdateSettings:
