@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import MISSING, field
+from dataclasses import MISSING, dataclass, field
 from typing import Any
 
 NO_VERL_DEFAULT = "(no verl equivalent)"
@@ -24,3 +24,12 @@ def opt(default: Any, help: str, *, verl: Any = MISSING, placeholder: bool = Fal
 
 def section(cls: type, help: str) -> Any:
     return field(default_factory=cls, metadata={"help": help, "section": True})
+
+
+@dataclass
+class LoadReport:
+    """Where the values came from: filled by :func:`sapo.config.load_config`."""
+
+    explicit: dict[str, str] = field(default_factory=dict)  # canonical key -> "file" | "override"
+    ignored: list[tuple[str, Any, str]] = field(default_factory=list)  # (key as given, value, reason)
+    aliases: list[tuple[str, str]] = field(default_factory=list)  # (key as given, canonical key)

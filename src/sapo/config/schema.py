@@ -12,10 +12,9 @@ The ``sapo`` section is this project's own: the built-in task, tiny model and wa
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 from sapo.config.builtin import SapoConfig
-from sapo.config.fields import NO_VERL_DEFAULT, opt, section
+from sapo.config.fields import NO_VERL_DEFAULT, LoadReport, opt, section
 
 
 # ----------------------------------------------------------------------------------------------- data
@@ -395,12 +394,3 @@ class Config:
     provenance: LoadReport = field(
         default_factory=lambda: LoadReport(), repr=False, compare=False, metadata={"internal": True}
     )
-
-
-@dataclass
-class LoadReport:
-    """Where the values came from: filled by :func:`sapo.config.load_config`."""
-
-    explicit: dict[str, str] = field(default_factory=dict)  # canonical key -> "file" | "override"
-    ignored: list[tuple[str, Any, str]] = field(default_factory=list)  # (key as given, value, reason)
-    aliases: list[tuple[str, str]] = field(default_factory=list)  # (key as given, canonical key)
