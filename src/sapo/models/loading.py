@@ -158,6 +158,29 @@ def _prepare_tokenizer(tokenizer, model, path: Path):
     return tokenizer
 
 
+def load_tokenizer(
+    path: Path,
+    model,
+    *,
+    fix: str = "save the tokenizer next to the model with tokenizer.save_pretrained(dir)",
+):
+    """The tokenizer saved in ``path``, checked against ``model``'s vocabulary, padding on the left and with
+    a pad token. ``fix`` ends the error message when the directory holds no usable tokenizer."""
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+    except (OSError, ValueError, TypeError) as exc:
+        raise UserError(f"no usable tokenizer in {str(path)!r} ({type(exc).__name__}: {exc}): {fix}") from exc
+    if len(tokenizer) > model.config.vocab_size:
+        raise UserError(
+            f"the tokenizer in {str(path)!r} has {len(tokenizer)} tokens but the model's vocabulary has "
+            f"{model.config.vocab_size}: resize the embeddings (model.resize_token_embeddings) and save "
+            "again, or use a tokenizer that fits the vocabulary"
+        )
+    return _prepare_tokenizer(tokenizer, model, path)
+
+
 def load_model_and_tokenizer(
     path: str | Path,
     *,
@@ -175,8 +198,6 @@ def load_model_and_tokenizer(
     ``require_chat_template=True`` a tokenizer without a chat template is an error (the data layer renders
     prompts with it).
     """
-    from transformers import AutoTokenizer
-
     path = Path(path).expanduser()
     torch_dtype = resolve_dtype(dtype)
     config_json = _check_model_dir(path)
@@ -189,22 +210,11 @@ def load_model_and_tokenizer(
             "tokenizer next to the model with tokenizer.save_pretrained(dir)"
         )
     model = _load_model(path, native, torch_dtype, device, impl)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, TypeError) as exc:
-        raise UserError(
-            f"no usable tokenizer in {str(path)!r} ({type(exc).__name__}: {exc}): save the tokenizer next to "
-            "the model with tokenizer.save_pretrained(dir)"
-        ) from exc
-    if len(tokenizer) > model.config.vocab_size:
-        raise UserError(
-            f"the tokenizer in {str(path)!r} has {len(tokenizer)} tokens but the model's vocabulary has "
-            f"{model.config.vocab_size}: resize the embeddings (model.resize_token_embeddings) and save again"
-        )
+    tokenizer = load_tokenizer(path, model)
     if require_chat_template and not getattr(tokenizer, "chat_template", None):
         raise UserError(
             f"the tokenizer in {str(path)!r} has no chat template, and prompts are rendered with it: use an "
             "instruct/chat checkpoint, add a template (tokenizer.chat_template = ...; save_pretrained), or "
             "give the data as plain text prompts"
         )
-    return model, _prepare_tokenizer(tokenizer, model, path)
+    return model, tokenizer

@@ -39,7 +39,6 @@ def build_char_tokenizer(chars: str = PRINTABLE_CHARS, chat_template: str | None
     characters in the order given. Characters outside ``chars`` map to ``<|unk|>``.
     """
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     unique_chars = list(dict.fromkeys(chars))
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
@@ -49,19 +48,7 @@ def build_char_tokenizer(chars: str = PRINTABLE_CHARS, chat_template: str | None
     # [\s\S] matches every character, newlines included, so each character is its own token.
     backend.pre_tokenizer = pre_tokenizers.Split(Regex(r"[\s\S]"), behavior="isolated")
     backend.decoder = decoders.Fuse()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token=PAD,
-        bos_token=None,
-        eos_token=EOS,
-        unk_token=UNK,
-        additional_special_tokens=[BOS],
-        padding_side="left",
-        clean_up_tokenization_spaces=False,
-    )
-    if chat_template is not None:
-        tokenizer.chat_template = chat_template
-    return tokenizer
+    return _wrap(backend, chat_template)
 
 
 def _byte_symbols() -> list[str]:
@@ -85,7 +72,6 @@ def build_byte_tokenizer(chat_template: str | None = CHATML_TEMPLATE):
     (vocabulary of 260).
     """
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
 
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS)}
     for symbol in _byte_symbols():
@@ -93,19 +79,7 @@ def build_byte_tokenizer(chat_template: str | None = CHATML_TEMPLATE):
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token=UNK))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
     backend.decoder = decoders.ByteLevel()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        pad_token=PAD,
-        bos_token=None,
-        eos_token=EOS,
-        unk_token=UNK,
-        additional_special_tokens=[BOS],
-        padding_side="left",
-        clean_up_tokenization_spaces=False,
-    )
-    if chat_template is not None:
-        tokenizer.chat_template = chat_template
-    return tokenizer
+    return _wrap(backend, chat_template)
 
 
 @dataclass(frozen=True)
@@ -191,3 +165,23 @@ def build_tiny_model(
     model.save_pretrained(out_dir)
     tokenizer.save_pretrained(out_dir)
     return out_dir
+
+
+def _wrap(backend, chat_template: str | None):
+    """A transformers fast tokenizer over ``backend`` with the four special tokens, left padding and
+    ``chat_template``."""
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=PAD,
+        bos_token=None,
+        eos_token=EOS,
+        unk_token=UNK,
+        additional_special_tokens=[BOS],
+        padding_side="left",
+        clean_up_tokenization_spaces=False,
+    )
+    if chat_template is not None:
+        tokenizer.chat_template = chat_template
+    return tokenizer

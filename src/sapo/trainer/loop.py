@@ -18,6 +18,7 @@ At the end: a last validation and checkpoint, and the policy exported as a Huggi
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -178,15 +179,12 @@ def _rewards_and_advantages(run: TrainingRun, batch) -> dict[str, float]:
     return metrics
 
 
-class _timer:
-    def __init__(self, timing: dict[str, float], name: str):
-        self.timing, self.name = timing, name
-
-    def __enter__(self):
-        self.start = time.perf_counter()
-
-    def __exit__(self, *exc):
-        self.timing[self.name] = time.perf_counter() - self.start
+@contextmanager
+def _timer(timing: dict[str, float], name: str):
+    """Record the seconds the block took as ``timing[name]`` (logged as ``timing_s/<name>``)."""
+    start = time.perf_counter()
+    yield
+    timing[name] = time.perf_counter() - start
 
 
 def validate(run: TrainingRun) -> dict[str, float]:

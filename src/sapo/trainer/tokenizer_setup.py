@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sapo.errors import UserError
+from sapo.models.loading import load_tokenizer
 
 
 def tokenizer_dir(data_tokenizer: str | None, model_tokenizer_path: str | None) -> str | None:
@@ -30,23 +30,9 @@ def apply_tokenizer_settings(tokenizer, model, *, path: str | None, chat_templat
 
 
 def _load(path: Path, model):
-    from transformers import AutoTokenizer
-
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(path)
-    except (OSError, ValueError, TypeError) as exc:
-        raise UserError(
-            f"no usable tokenizer in {str(path)!r} ({type(exc).__name__}: {exc}): point data.tokenizer / "
-            "actor_rollout_ref.model.tokenizer_path at a directory saved with tokenizer.save_pretrained"
-        ) from exc
-    if len(tokenizer) > model.config.vocab_size:
-        raise UserError(
-            f"the tokenizer in {str(path)!r} has {len(tokenizer)} tokens but the model's vocabulary has "
-            f"{model.config.vocab_size}: use the model's own tokenizer or one that fits its vocabulary"
-        )
-    tokenizer.padding_side = "left"  # generation appends on the right
-    if tokenizer.pad_token_id is None:
-        if tokenizer.eos_token is None:
-            raise UserError(f"the tokenizer in {str(path)!r} has neither a pad token nor an EOS token")
-        tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer
+    return load_tokenizer(
+        path,
+        model,
+        fix="point data.tokenizer / actor_rollout_ref.model.tokenizer_path at a directory saved with "
+        "tokenizer.save_pretrained",
+    )
