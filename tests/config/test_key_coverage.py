@@ -181,6 +181,7 @@ HONOURED: dict[str, str] = {
     "sapo.task.knobs": "data/test_tasks.py::test_arithmetic_knobs_change_the_problems",
     "sapo.task.num_train": BUILTIN,
     "sapo.task.num_val": BUILTIN,
+    "sapo.task.seed": BUILTIN,
     "sapo.tiny_model.arch": BUILTIN,
     "sapo.tiny_model.hidden_size": BUILTIN,
     "sapo.tiny_model.intermediate_size": BUILTIN,

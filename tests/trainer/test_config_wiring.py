@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from sapo.config import load_config
+from sapo.data.tasks import generate_splits, get_task
 from sapo.rewards.managers import RewardSample
 from sapo.trainer import loop
 from sapo.trainer import validate as validate_module
@@ -110,7 +111,7 @@ def test_actor_side_keys_reach_their_components(tmp_path, tiny_qwen3, overrides_
         )
         # optim.total_training_steps=8 sets the schedule's length: warmup int(0.25 x 8) = 2 steps, then
         # cosine with m = 0.1, c = 1.0 over 6 steps; at step 5, p = 3/6 and cos(2 pi x 0.5) = -1 -> factor m.
-        factors = [run.scheduler.lr_lambdas[0](s) for s in (0, 1, 2, 5)]
+        factors = [run.scheduler.factor(s) for s in (0, 1, 2, 5)]
         assert factors == pytest.approx([0.1, 0.1 + 0.9 * 0.5, 1.0, 0.1])
         # trainer.total_epochs=2 over 6 prompts in batches of 2: 3 steps per epoch, 6 steps.
         assert run.total_steps == 6
@@ -186,7 +187,7 @@ def test_critic_keys_reach_the_critic(tmp_path, tiny_qwen3, overrides_for):
         )
         # lr_warmup_steps=1 (>= 0 wins over the ratio), then cosine over 5 - 1 = 4 steps down to m = 0.2:
         # step 0: 0.2 + 0.8 x 0 / 1 = 0.2; step 3: p = 2/4, (1 + cos(pi / 2)) / 2 = 0.5 -> 0.2 + 0.8 x 0.5.
-        factors = [run.critic_scheduler.lr_lambdas[0](s) for s in (0, 1, 3)]
+        factors = [run.critic_scheduler.factor(s) for s in (0, 1, 3)]
         assert factors == pytest.approx([0.2, 1.0, 0.6])
         assert run.estimator_kwargs == {"gamma": 0.9, "lam": 0.8, "values": None}
         metrics = loop.training_step(run)
@@ -228,6 +229,7 @@ def test_builtin_run_keys_reach_the_warm_start_and_task(tmp_path, monkeypatch):
         "sapo.task.name=countdown",
         "sapo.task.num_train=16",
         "sapo.task.num_val=4",
+        "sapo.task.seed=5",
         "sapo.tiny_model.arch=qwen3",
         "sapo.tiny_model.hidden_size=32",
         "sapo.tiny_model.intermediate_size=48",
@@ -246,7 +248,7 @@ def test_builtin_run_keys_reach_the_warm_start_and_task(tmp_path, monkeypatch):
     run = start_run(load_config(None, overrides), quiet=True)
     try:
         info = run.warm_start
-        assert info["task"] == "countdown" and info["steps"] == 2
+        assert info["task"] == "countdown" and info["steps"] == 2 and info["seed"] == 5
         assert (info["lr"], info["batch_size"], info["check_every"]) == (0.002, 4, 2)
         assert (info["max_seconds"], info["target_accuracy"]) == (30.0, 1.0)
         spec = info["spec"]
@@ -254,6 +256,10 @@ def test_builtin_run_keys_reach_the_warm_start_and_task(tmp_path, monkeypatch):
         assert (spec["num_hidden_layers"], spec["num_attention_heads"]) == (1, 2)
         assert (len(run.train_set), len(run.val_set)) == (16, 4)
         assert {run.train_set[i]["data_source"] for i in range(16)} == {"sapo/countdown"}
+        train, val = generate_splits(get_task("countdown"), train_size=16, test_size=4, seed=5)
+        val_prompts = [row["prompt"][0]["content"] for row in val]
+        assert [run.val_set[i]["prompt_text"] for i in range(4)] == val_prompts
+        assert run.train_set[0]["prompt_text"] == train[0]["prompt"][0]["content"]
     finally:
         run.close()
 
@@ -267,7 +273,11 @@ def test_reward_timeout_reaches_the_manager():
 
 
 def test_inherited_keys_resolve_from_the_trainer_section():
+    from sapo.trainer.setup import task_seed
+
     config = load_config(None, ["trainer.seed=9", "trainer.project_name=p", "trainer.experiment_name=e"])
+    assert task_seed(config) == 0  # the built-in task's seed is fixed unless set or null
+    assert task_seed(load_config(None, ["trainer.seed=9", "sapo.task.seed=null"])) == 9
     assert (config.data.seed, config.actor_rollout_ref.actor.data_loader_seed) == (9, 9)
     assert config.trainer.default_local_dir == "checkpoints/p/e"  # verl's run directory
 

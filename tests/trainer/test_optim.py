@@ -1,10 +1,13 @@
 import math
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from sapo.config import load_config
 from sapo.errors import ConfigError
+from sapo.trainer.adamw import AdamW
 from sapo.trainer.optim import build_optimizer_and_scheduler, build_scheduler, lr_factor, warmup_steps
 
 
@@ -83,7 +86,7 @@ def test_adamw_settings_from_config():
         "actor_rollout_ref.actor.optim.weight_decay=0.05", "actor_rollout_ref.actor.optim.betas=[0.8,0.9]"
     )
     group = opt.param_groups[0]
-    assert isinstance(opt, torch.optim.AdamW)
+    assert isinstance(opt, AdamW)
     assert group["weight_decay"] == 0.05 and group["betas"] == (0.8, 0.9)
 
 
@@ -105,3 +108,79 @@ def test_bad_schedule_inputs():
         build_scheduler(opt, total_steps=3, warmup=5)
     with pytest.raises(ConfigError, match="unknown lr_scheduler_type 'linear'"):
         build_scheduler(opt, total_steps=3, schedule="linear")
+
+
+def _two_models(seed=0):
+    torch.manual_seed(seed)
+    a = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Linear(4, 3), torch.nn.Linear(3, 1))
+    b = torch.nn.Sequential(torch.nn.Linear(5, 4), torch.nn.Linear(4, 3), torch.nn.Linear(3, 1))
+    b.load_state_dict(a.state_dict())
+    return a, b
+
+
+def _train(model, opt, steps, lrs, frozen_until=3):
+    gen = torch.Generator().manual_seed(1)
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lrs[step]
+        x = torch.randn(8, 5, generator=gen)
+        opt.zero_grad(set_to_none=True)
+        model(x).pow(2).mean().backward()
+        if step < frozen_until:  # the last layer gets no gradient for a while: its step count lags
+            for p in model[2].parameters():
+                p.grad = None
+        opt.step()
+
+
+def test_adamw_equals_torch_adamw_step_for_step():
+    # Reference: torch.optim.AdamW (single-tensor path on CPU), same hyper-parameters, changing lr,
+    # a parameter group that skips its first steps (grad None), weight decay on.
+    ours_model, ref_model = _two_models()
+    kwargs = dict(lr=0.01, betas=(0.8, 0.95), eps=1e-6, weight_decay=0.1)
+    ours = AdamW(ours_model.parameters(), **kwargs)
+    ref = torch.optim.AdamW(ref_model.parameters(), foreach=False, **kwargs)
+    lrs = [0.01, 0.02, 0.005, 0.01, 0.03, 0.001, 0.01]
+    _train(ours_model, ours, 7, lrs)
+    _train(ref_model, ref, 7, lrs)
+    for p, q in zip(ours_model.parameters(), ref_model.parameters()):
+        torch.testing.assert_close(p, q, rtol=0, atol=1e-7)
+    assert ours.state[4]["step"] == 4 and ref.state[ref_model[2].weight]["step"] == 4
+
+
+def test_adamw_state_round_trip_continues_identically():
+    a, b = _two_models()
+    opt_a = AdamW(a.parameters(), lr=0.01)
+    _train(a, opt_a, 4, [0.01] * 4)
+    b.load_state_dict(a.state_dict())
+    opt_b = AdamW(b.parameters(), lr=0.5)  # lr comes back from the state
+    opt_b.load_state_dict(opt_a.state_dict())
+    assert opt_b.param_groups[0]["lr"] == 0.01
+    _train(a, opt_a, 3, [0.01] * 3, frozen_until=0)
+    _train(b, opt_b, 3, [0.01] * 3, frozen_until=0)
+    for p, q in zip(a.parameters(), b.parameters()):
+        assert torch.equal(p, q)
+
+
+def test_adamw_refuses_state_of_another_model():
+    opt = AdamW(torch.nn.Linear(2, 1).parameters(), lr=0.1)
+    other = AdamW(torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1)).parameters(), lr=0.1)
+    with pytest.raises(ValueError, match="holds 4 parameters .* this model has 2"):
+        opt.load_state_dict(other.state_dict())
+
+
+def test_a_training_step_never_imports_torch_dynamo():
+    # torch.optim.Optimizer imports torch._dynamo (+~70 MiB resident) on construction; ours must not.
+    code = (
+        "import sys, torch\n"
+        "from sapo.config import load_config\n"
+        "from sapo.trainer.optim import build_optimizer_and_scheduler\n"
+        "m = torch.nn.Linear(3, 1)\n"
+        "opt, sched = build_optimizer_and_scheduler(m.parameters(), "
+        "load_config(None, []).actor_rollout_ref.actor.optim, 10)\n"
+        "m(torch.randn(2, 3)).sum().backward()\n"
+        "torch.nn.utils.clip_grad_norm_(list(m.parameters()), 1.0)\n"
+        "opt.step(); sched.step(); opt.zero_grad()\n"
+        "print(sorted(n for n in sys.modules if n.startswith('torch._dynamo')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

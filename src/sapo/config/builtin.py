@@ -23,6 +23,12 @@ class TaskConfig:
         "Generated training prompts (19200 = 1200 steps of 16 prompts: the demo's length at total_epochs=1).",
     )
     num_val: int = opt(200, "Generated validation prompts.")
+    seed: int | None = opt(
+        0,
+        "Seed of the generated problems and of the warm start: the task's dataset and base checkpoint. Fixed "
+        "by default, so runs that differ in trainer.seed share them (and one cached warm start), as RL runs "
+        "of a real model share a dataset and a base model. null: trainer.seed.",
+    )
 
 
 @dataclass

@@ -113,7 +113,9 @@ IGNORED_KEYS: tuple[IgnoredKey, ...] = (
     ),
     IgnoredKey("actor_rollout_ref.nccl_timeout", "collective time-out"),
     IgnoredKey(
-        "actor_rollout_ref.actor.optim.optimizer_impl", "AdamW comes from torch.optim", ("torch.optim",)
+        "actor_rollout_ref.actor.optim.optimizer_impl",
+        "sapo's AdamW computes torch.optim.AdamW's update",
+        ("torch.optim",),
     ),
     IgnoredKey("actor_rollout_ref.actor.optim.zero_indexed_step", "sapo's schedule is zero-indexed", (True,)),
     IgnoredKey("actor_rollout_ref.*.router_replay.mode", "MoE router replay is not supported", ("disabled",)),

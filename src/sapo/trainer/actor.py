@@ -37,6 +37,7 @@ from sapo.core.kl import kl_penalty
 from sapo.core.losses import get_policy_loss
 from sapo.core.masked import masked_mean
 from sapo.models.logprobs import token_log_probs
+from sapo.trainer.adamw import AdamW
 
 
 @dataclass
@@ -71,7 +72,7 @@ def needs_old_log_prob(num_sequences: int, settings: ActorUpdateSettings) -> boo
 
 def update_actor(
     model: torch.nn.Module,
-    optimizer: torch.optim.Optimizer,
+    optimizer: AdamW,
     batch: Batch,
     settings: ActorUpdateSettings,
     generator: torch.Generator,

@@ -21,9 +21,9 @@ from collections.abc import Iterable
 from functools import partial
 
 import torch
-from torch.optim.lr_scheduler import LambdaLR
 
 from sapo.errors import ConfigError
+from sapo.trainer.adamw import AdamW, LRSchedule
 
 SCHEDULES = ("constant", "cosine")
 
@@ -63,25 +63,26 @@ def build_adamw(
     weight_decay: float = 0.01,
     betas: tuple[float, float] | list[float] = (0.9, 0.999),
     eps: float = 1e-8,
-) -> torch.optim.AdamW:
-    """torch's AdamW (decoupled weight decay, Loshchilov & Hutter, arXiv 1711.05101) over the trainable
-    parameters. ``foreach`` is left to torch; a fused kernel is not forced so CPU and GPU behave alike."""
+) -> AdamW:
+    """AdamW (decoupled weight decay, Loshchilov & Hutter, arXiv 1711.05101) over the trainable parameters:
+    :class:`sapo.trainer.adamw.AdamW`, torch's update without importing ``torch._dynamo``."""
     trainable = [p for p in params if p.requires_grad]
     if not trainable:
         raise ConfigError("the model has no trainable parameters; check that it was not frozen")
-    return torch.optim.AdamW(trainable, lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps)
+    return AdamW(trainable, lr=lr, weight_decay=weight_decay, betas=tuple(betas), eps=eps)
 
 
 def build_scheduler(
-    optimizer: torch.optim.Optimizer,
+    optimizer,
     *,
     total_steps: int,
     warmup: int = 0,
     schedule: str = "constant",
     min_lr_ratio: float = 0.0,
     num_cycles: float = 0.5,
-) -> LambdaLR:
-    """A LambdaLR following :func:`lr_factor`; its state_dict goes into checkpoints."""
+) -> LRSchedule:
+    """The optimizer's lr following :func:`lr_factor`, as torch's LambdaLR would set it; its state_dict goes
+    into checkpoints."""
     if warmup > total_steps:
         raise ConfigError(
             f"lr warmup ({warmup} steps) is longer than training ({total_steps} steps); lower "
@@ -96,7 +97,7 @@ def build_scheduler(
         min_lr_ratio=min_lr_ratio,
         num_cycles=num_cycles,
     )
-    return LambdaLR(optimizer, factor)
+    return LRSchedule(optimizer, factor)
 
 
 def build_optimizer_and_scheduler(params: Iterable[torch.nn.Parameter], optim_config, total_steps: int):

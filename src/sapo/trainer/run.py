@@ -26,6 +26,7 @@ from sapo.rollout import make_rollout_engine
 from sapo.rollout.base import SamplingParams
 from sapo.trainer import checkpoint as ckpt
 from sapo.trainer.actor import ActorUpdateSettings
+from sapo.trainer.adamw import AdamW
 from sapo.trainer.logging import MetricsLogger
 from sapo.trainer.optim import build_optimizer_and_scheduler
 from sapo.trainer.setup import (
@@ -64,7 +65,7 @@ class TrainingRun:
     train_set: object
     val_set: object | None
     sampler: ResumableSampler
-    optimizer: torch.optim.Optimizer
+    optimizer: AdamW
     scheduler: object
     actor: ActorUpdateSettings
     sampling: SamplingParams
@@ -78,7 +79,7 @@ class TrainingRun:
     log_prob_max_tokens: int | None = None  # use_dynamic_bsz: token budget of every log-prob pass
     kl_ctrl: object | None = None
     critic: torch.nn.Module | None = None
-    critic_optimizer: torch.optim.Optimizer | None = None
+    critic_optimizer: AdamW | None = None
     critic_scheduler: object | None = None
     critic_settings: CriticSettings | None = None
     global_step: int = 0

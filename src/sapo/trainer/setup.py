@@ -48,6 +48,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def task_seed(config: Config) -> int:
+    """The seed of the built-in task's problems and warm start: ``sapo.task.seed``, else ``trainer.seed``."""
+    seed = config.sapo.task.seed
+    return config.trainer.seed if seed is None else seed
+
+
 def policy_model_path(config: Config) -> tuple[Path, dict | None]:
     """The policy's directory, and the warm-start record when the built-in tiny model is used."""
     path = config.actor_rollout_ref.model.path
@@ -69,7 +75,7 @@ def policy_model_path(config: Config) -> tuple[Path, dict | None]:
     model_dir = warm_start(
         task.name,
         cache_dir=cache_dir() / "warm_start",
-        seed=config.trainer.seed,
+        seed=task_seed(config),
         knobs=dict(task.knobs),
         spec=spec,
         target_accuracy=ws.target_accuracy,
@@ -78,6 +84,7 @@ def policy_model_path(config: Config) -> tuple[Path, dict | None]:
         max_seconds=ws.max_seconds,
         batch_size=ws.batch_size,
         lr=ws.lr,
+        num_threads=None,  # the run's own setting (trainer.cpu_threads, else torch's default)
     )
     return model_dir, warm_start_info(model_dir)
 
@@ -97,7 +104,7 @@ def data_files(config: Config, run_dir: Path) -> tuple[list[str], list[str]]:
         task,
         train_size=task_cfg.num_train,
         test_size=task_cfg.num_val,
-        seed=config.trainer.seed,
+        seed=task_seed(config),
         knobs=dict(task_cfg.knobs),
     )
     folder = run_dir / "data"

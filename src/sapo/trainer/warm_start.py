@@ -38,6 +38,7 @@ import torch
 from sapo.data.tasks import Task, generate_splits, get_task
 from sapo.errors import DataError
 from sapo.models.tiny import TinyModelSpec, build_tiny_model
+from sapo.trainer.adamw import AdamW
 
 log = logging.getLogger(__name__)
 INFO_FILE = "warm_start.json"
@@ -187,7 +188,7 @@ def _problems(task: Task, params: dict) -> tuple[list[dict], list[dict]]:
 def _fit(model, tokenizer, task: Task, examples, dev_rows, params: dict) -> tuple[int, float, float]:
     """Supervised steps until the dev accuracy target or a cap; returns (steps, accuracy, seconds)."""
     seed = params["seed"]
-    optimizer = torch.optim.AdamW(
+    optimizer = AdamW(
         model.parameters(),
         lr=params["lr"],
         betas=(0.9, params["adam_beta2"]),
