@@ -4,7 +4,8 @@ Setup (issue 5): tiny Qwen3 (hidden 256, intermediate 768, 4 layers, 4 heads, he
 character vocabulary of ``sapo.models.tiny``), "a+b=" prompts of the built-in arithmetic task scored by the
 same function on both sides, 8 prompts x 8 samples per rollout, temperature 1, fp32, lr 1e-5 constant,
 no KL, SAPO loss, 20 rollouts, the first excluded from the timing. sapo accumulates each mini-batch over
-micro-batches of 16 sequences (the same gradient as one pass, tested in tests/trainer/test_actor.py).
+micro-batches of 8 sequences (the same gradient as one pass, tested in tests/trainer/test_actor.py);
+``--micro-batch`` changes that.
 
 Each run is its own process (so peak RSS is that run's own), and the two frameworks alternate. A "step"
 is one rollout: generate 64 responses, score, update. In the off-policy variant each rollout is split into
@@ -49,7 +50,7 @@ def prepare(workdir: Path) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ sapo
-def run_sapo(paths: dict, mini_batches: int, new_tokens: int, workdir: Path) -> dict:
+def run_sapo(paths: dict, mini_batches: int, new_tokens: int, workdir: Path, micro_batch: int = 8) -> dict:
     from sapo.config import load_config
     from sapo.trainer.logging import read_metrics
     from sapo.trainer.loop import train
@@ -62,8 +63,8 @@ def run_sapo(paths: dict, mini_batches: int, new_tokens: int, workdir: Path) -> 
         f"actor_rollout_ref.rollout.n={SAMPLES}",
         "actor_rollout_ref.rollout.temperature=1.0",
         f"actor_rollout_ref.actor.ppo_mini_batch_size={PROMPTS // mini_batches}",
-        # Gradient accumulation over micro-batches of 16 sequences: the same gradient (tested), less memory.
-        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=16",
+        # Gradient accumulation over micro-batches: the same gradient (tested), less memory.
+        f"actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu={micro_batch}",
         "actor_rollout_ref.actor.optim.lr=1e-5",
         "actor_rollout_ref.actor.optim.weight_decay=0.0",
         "actor_rollout_ref.actor.optim.lr_scheduler_type=constant",
@@ -152,17 +153,20 @@ def run_trl(paths: dict, mini_batches: int, new_tokens: int, workdir: Path) -> d
 
 
 # --------------------------------------------------------------------------------------------- driver
-def child(framework: str, variant: str, paths: dict) -> None:
+def child(framework: str, variant: str, paths: dict, micro_batch: int) -> None:
     mini_batches, new_tokens = VARIANTS[variant]
     with tempfile.TemporaryDirectory() as tmp:
-        runner = run_sapo if framework == "sapo" else run_trl
-        result = runner(paths, mini_batches, new_tokens, Path(tmp))
+        if framework == "sapo":
+            result = run_sapo(paths, mini_batches, new_tokens, Path(tmp), micro_batch)
+        else:
+            result = run_trl(paths, mini_batches, new_tokens, Path(tmp))
     result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(result), flush=True)
 
 
-def run_child(framework: str, variant: str, paths: dict) -> dict:
+def run_child(framework: str, variant: str, paths: dict, micro_batch: int) -> dict:
     cmd = [sys.executable, __file__, "--child", framework, "--variant", variant, "--paths", json.dumps(paths)]
+    cmd += ["--micro-batch", str(micro_batch)]
     env = {**os.environ, "TQDM_DISABLE": "1", "TRANSFORMERS_VERBOSITY": "error"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
@@ -185,12 +189,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--micro-batch", type=int, default=8, help="sapo's ppo_micro_batch_size_per_gpu")
     parser.add_argument("--child", choices=["sapo", "trl"])
     parser.add_argument("--variant", choices=list(VARIANTS))
     parser.add_argument("--paths")
     args = parser.parse_args()
     if args.child:
-        return child(args.child, args.variant, json.loads(args.paths))
+        return child(args.child, args.variant, json.loads(args.paths), args.micro_batch)
     with tempfile.TemporaryDirectory() as tmp:
         paths = prepare(Path(tmp))
         rows = []
@@ -198,7 +203,7 @@ def main() -> None:
             results = {"trl": [], "sapo": []}
             for _ in range(args.repeats):
                 for framework in ("trl", "sapo"):  # alternate, so drift in machine load hits both
-                    results[framework].append(run_child(framework, variant, paths))
+                    results[framework].append(run_child(framework, variant, paths, args.micro_batch))
             trl, sapo = summarise(results["trl"]), summarise(results["sapo"])
             rows.append((variant, trl, sapo))
     print(f"\n{'variant':<16}{'framework':<10}{'s/step (median)':>17}{'gen tok/s':>11}{'peak RSS MiB':>14}")
