@@ -28,7 +28,7 @@ def test_warm_start_saves_a_loadable_model_and_caches_it(cache_dir):
     info = warm_start_info(model_dir)
     assert info["steps"] == 3 and info["task"] == "arithmetic"
     assert info["reached_target"] is (info["dev_accuracy"] >= 1.0)
-    assert info["knobs"] == {"min_value": 0, "max_value": 999, "ops": "+"}
+    assert info["knobs"] == {"min_value": 0, "max_value": 99, "ops": "+"}
 
     model, tokenizer = load(model_dir)
     assert len(tokenizer) == 4 + len("0123456789+-*=")  # the 18-token vocabulary

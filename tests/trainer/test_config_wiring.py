@@ -276,8 +276,8 @@ def test_inherited_keys_resolve_from_the_trainer_section():
     from sapo.trainer.setup import task_seed
 
     config = load_config(None, ["trainer.seed=9", "trainer.project_name=p", "trainer.experiment_name=e"])
-    assert task_seed(config) == 0  # the built-in task's seed is fixed unless set or null
-    assert task_seed(load_config(None, ["trainer.seed=9", "sapo.task.seed=null"])) == 9
+    assert task_seed(config) == 9  # the built-in task follows trainer.seed unless sapo.task.seed is set
+    assert task_seed(load_config(None, ["trainer.seed=9", "sapo.task.seed=3"])) == 3
     assert (config.data.seed, config.actor_rollout_ref.actor.data_loader_seed) == (9, 9)
     assert config.trainer.default_local_dir == "checkpoints/p/e"  # verl's run directory
 

@@ -17,17 +17,20 @@ class TaskConfig:
     name: str = opt(
         "arithmetic", "Built-in task used when data.train_files is null: arithmetic | countdown (sapo data)."
     )
-    knobs: dict = opt({}, "The task's difficulty knobs, e.g. sapo.task.knobs.max_value=99 (see `sapo data`).")
+    knobs: dict = opt(
+        {}, "The task's difficulty knobs, e.g. sapo.task.knobs.max_value=999 (see `sapo data`)."
+    )
     num_train: int = opt(
-        19200,
-        "Generated training prompts (19200 = 1200 steps of 16 prompts: the demo's length at total_epochs=1).",
+        9600,
+        "Generated training prompts (9600 = 600 steps of 16 prompts; the demo's 1200 steps are "
+        "trainer.total_epochs=2). Operands 0-99 allow 10,000 distinct problems, validation included.",
     )
     num_val: int = opt(200, "Generated validation prompts.")
     seed: int | None = opt(
-        0,
-        "Seed of the generated problems and of the warm start: the task's dataset and base checkpoint. Fixed "
-        "by default, so runs that differ in trainer.seed share them (and one cached warm start), as RL runs "
-        "of a real model share a dataset and a base model. null: trainer.seed.",
+        None,
+        "Seed of the generated problems and of the warm start (the task's dataset and base checkpoint). "
+        "null: trainer.seed, so a new trainer.seed varies everything. Set it to keep one dataset and one "
+        "cached warm start across RL seeds, as RL runs of a real model share a dataset and a base model.",
     )
 
 

@@ -330,7 +330,11 @@ class CustomRewardFunctionConfig:
 # ------------------------------------------------------------------------------------------ trainer
 @dataclass
 class TrainerConfig:
-    total_epochs: int = opt(1, "Passes over the training prompts.", verl=30)
+    total_epochs: int = opt(
+        2,
+        "Passes over the training prompts (2: the built-in task's 9,600 prompts twice, 1200 steps).",
+        verl=30,
+    )
     total_training_steps: int | None = opt(None, "Stop after this many steps (null: total_epochs).")
     project_name: str = opt("sapo", "Project name (wandb project; run directory).", verl="verl_examples")
     experiment_name: str = opt("default", "Experiment name (wandb run name; run directory).", verl="gsm8k")
