@@ -27,7 +27,6 @@ from sapo.rollout.base import SamplingParams
 from sapo.trainer import checkpoint as ckpt
 from sapo.trainer.actor import ActorUpdateSettings
 from sapo.trainer.adamw import AdamW
-from sapo.trainer.host_memory import return_freed_memory_to_os
 from sapo.trainer.logging import MetricsLogger
 from sapo.trainer.optim import build_optimizer_and_scheduler
 from sapo.trainer.setup import (
@@ -127,7 +126,6 @@ def _check_and_seed(config: Config) -> None:
     )
     if config.trainer.cpu_threads is not None:
         torch.set_num_threads(config.trainer.cpu_threads)
-    return_freed_memory_to_os()
     seed_everything(config.trainer.seed)
 
 
