@@ -14,6 +14,7 @@ is one rollout: generate 64 responses, score, update. In the off-policy variant 
 
     python benchmarks/vs_trl.py                 # all three variants, 2 repeats each
     python benchmarks/vs_trl.py --variants on-policy --repeats 3
+    python benchmarks/vs_trl.py --variants on-policy --profile   # cProfile of sapo's run, no TRL
 """
 
 from __future__ import annotations
@@ -185,17 +186,37 @@ def summarise(results: list[dict]) -> dict:
     }
 
 
+def profile_sapo(variants: list[str], micro_batch: int) -> None:
+    """Where sapo's time goes: cProfile of one run per variant, in this process, top 30 by cumulative time."""
+    import cProfile
+    import pstats
+
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = prepare(Path(tmp))
+        for variant in variants:
+            mini_batches, new_tokens = VARIANTS[variant]
+            profiler = cProfile.Profile()
+            profiler.enable()
+            result = run_sapo(paths, mini_batches, new_tokens, Path(tmp) / variant, micro_batch)
+            profiler.disable()
+            print(f"\n== {variant}: median {statistics.median(result['step_s']):.3f} s/step")
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(30)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--micro-batch", type=int, default=8, help="sapo's ppo_micro_batch_size_per_gpu")
+    parser.add_argument("--profile", action="store_true", help="cProfile sapo's run of each variant instead")
     parser.add_argument("--child", choices=["sapo", "trl"])
     parser.add_argument("--variant", choices=list(VARIANTS))
     parser.add_argument("--paths")
     args = parser.parse_args()
     if args.child:
         return child(args.child, args.variant, json.loads(args.paths), args.micro_batch)
+    if args.profile:
+        return profile_sapo(args.variants, args.micro_batch)
     with tempfile.TemporaryDirectory() as tmp:
         paths = prepare(Path(tmp))
         rows = []

@@ -2,7 +2,7 @@
 sometimes (reward neither always 0 nor always 1).
 
 1. Build a tiny randomly initialised model with the task's character vocabulary
-   (:func:`sapo.models.tiny.build_tiny_model`; default: Llama, hidden 128, 4 layers, 4 heads, ~0.8M
+   (:func:`sapo.models.tiny.build_tiny_model`; default: Llama, hidden 128, 4 layers, 4 heads, ~1.05M
    parameters, the prototype of DESIGN.md).
 2. Draw a pool of training problems and a disjoint dev set from the seed (:func:`generate_splits`). The
    seed's first 1000 problems are held out (the dev set is their start), so that the validation split of
