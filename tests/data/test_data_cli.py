@@ -55,3 +55,11 @@ def test_sapo_data_reports_bad_knobs_without_a_traceback(tmp_path, capsys):
     assert "sapo data: error: arithmetic needs 0 <= min_value <= max_value (got 9, 1)" in err
     assert "Traceback" not in err
     assert not (tmp_path / "train.parquet").exists()
+
+
+def test_sapo_data_defaults_work_for_every_task(tmp_path, capsys):
+    # The defaults (9600 train + 200 test rows, the task's default knobs) fit every task's problem space.
+    for task in ("arithmetic", "countdown"):
+        assert main(["data", task, "--out", str(tmp_path / task)]) == 0
+        assert "wrote 9600 rows" in capsys.readouterr().out
+        assert len(load_rows(tmp_path / task / "test.parquet")) == 200

@@ -96,7 +96,7 @@ def test_sapo_train_on_cuda_trains_checkpoints_and_resumes(tmp_path, overrides_f
 
 
 def test_builtin_default_run_on_cuda(tmp_path, monkeypatch):
-    # The built-in task at a small size: warm start and SAPO on the GPU.
+    # The built-in task at a small size: the warm start (always on the CPU), then SAPO on the GPU.
     monkeypatch.setenv("SAPO_CACHE", str(tmp_path / "cache"))
     overrides = [
         f"trainer.default_local_dir={tmp_path / 'run'}",

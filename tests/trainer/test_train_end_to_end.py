@@ -74,6 +74,23 @@ def test_impossible_batch_sizes_fail_before_any_compute_with_the_arithmetic(
     assert not (run_dir / "metrics.jsonl").exists()
 
 
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("sapo.task.num_train=19200", "sapo.task.num_train + sapo.task.num_val = 19200 + 200 = 19400"),
+        ("sapo.task.num_val=1001", "sapo.task.num_val=1001 is more than the 1000 problems the warm start"),
+    ],
+)
+def test_built_in_task_sizes_fail_before_the_warm_start(tmp_path, monkeypatch, capsys, override, expected):
+    # 2-digit addition has 10,000 distinct problems; the warm start holds out the first 1000.
+    monkeypatch.setenv("SAPO_CACHE", str(tmp_path / "cache"))
+    code = main(["train", override, f"trainer.default_local_dir={tmp_path / 'run'}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert expected in err and "Traceback" not in err
+    assert not (tmp_path / "cache").exists()  # no warm start was trained
+
+
 def test_unknown_key_names_close_matches(tmp_path, tiny_qwen3, overrides_for, capsys):
     code = main(["train", *overrides_for(tiny_qwen3, tmp_path), "actor_rollout_ref.actor.tau_pso=1.0"])
     assert code == 2

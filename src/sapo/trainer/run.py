@@ -137,6 +137,7 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
     run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(trainer.device)
     use_kl_in_reward = config.algorithm.use_kl_in_reward
+    train_files, val_files = data_files(config, run_dir)  # before the warm start: a bad task size fails fast
     models = build_models(config, device, needs_reference=actor_cfg.use_kl_loss or use_kl_in_reward)
     models.tokenizer = apply_tokenizer_settings(
         models.tokenizer,
@@ -144,7 +145,6 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
         path=tokenizer_dir(data.tokenizer, config.actor_rollout_ref.model.tokenizer_path),
         chat_template=config.actor_rollout_ref.model.custom_chat_template,
     )
-    train_files, val_files = data_files(config, run_dir)
     train_set = build_dataset(train_files, models.tokenizer, config, data.train_max_samples)
     val_set = build_dataset(val_files, models.tokenizer, config, data.val_max_samples) if val_files else None
     schedule = training_schedule(config, len(train_set))

@@ -21,7 +21,7 @@ import torch
 from sapo.config import Config
 from sapo.data.dataset import RLDataset
 from sapo.data.rows import load_rows
-from sapo.errors import ConfigError
+from sapo.errors import ConfigError, DataError
 from sapo.models.loading import load_model_and_tokenizer
 from sapo.rewards.custom import load_custom_reward_function
 from sapo.rewards.managers import build_reward_manager
@@ -100,17 +100,39 @@ def data_files(config: Config, run_dir: Path) -> tuple[list[str], list[str]]:
 
     task_cfg = config.sapo.task
     task = get_task(task_cfg.name)
-    train, test = generate_splits(
-        task,
-        train_size=task_cfg.num_train,
-        test_size=task_cfg.num_val,
-        seed=task_seed(config),
-        knobs=dict(task_cfg.knobs),
-    )
+    _check_no_warm_start_problem_in_validation(config)
+    try:
+        train, test = generate_splits(
+            task,
+            train_size=task_cfg.num_train,
+            test_size=task_cfg.num_val,
+            seed=task_seed(config),
+            knobs=dict(task_cfg.knobs),
+        )
+    except DataError as exc:
+        asked = f"{task_cfg.num_train} + {task_cfg.num_val} = {task_cfg.num_train + task_cfg.num_val}"
+        raise DataError(
+            f"sapo.task.num_train + sapo.task.num_val = {asked} problems asked of the built-in task: {exc}. "
+            "Lower sapo.task.num_train (raise trainer.total_epochs to keep the number of steps) or widen "
+            "sapo.task.knobs"
+        ) from exc
     folder = run_dir / "data"
     train_path = write_rows(train, folder / "train.parquet")
     val_path = write_rows(test, folder / "test.parquet")
     return [str(train_path)], [str(val_path)]
+
+
+def _check_no_warm_start_problem_in_validation(config: Config) -> None:
+    """The warm start (built-in tiny model) holds out its seed's first HELD_OUT problems; the built-in
+    validation split is the first ``num_val`` of the same seed, so it must fit inside them."""
+    from sapo.trainer.warm_start import HELD_OUT
+
+    num_val = config.sapo.task.num_val
+    if config.actor_rollout_ref.model.path is None and num_val > HELD_OUT:
+        raise ConfigError(
+            f"sapo.task.num_val={num_val} is more than the {HELD_OUT} problems the warm start holds out, so "
+            f"validation would score problems the warm-started model was trained on: use at most {HELD_OUT}"
+        )
 
 
 def _as_list(value) -> list[str]:

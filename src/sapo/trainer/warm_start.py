@@ -82,8 +82,11 @@ def warm_start(
 
     ``max_seconds`` is a safety cap: hitting it makes the result depend on the machine's speed, so the
     step cap and the target are what normally stop training. ``num_threads`` (torch intra-op threads while
-    training; None leaves torch's setting) defaults to 1: a ~1M-parameter model gains little from more, and
-    on a shared, oversubscribed machine two threads measured 13x slower per step than one (docs/).
+    training; None leaves torch's setting) defaults to 1, which is robust on a shared, oversubscribed
+    machine (two threads measured 13x slower per step than one there); ``sapo train`` passes None, i.e. the
+    run's own ``trainer.cpu_threads``, since two threads on a quiet 2-core machine are ~1.6x faster. The
+    thread count is not part of the cache key, and float results can differ in the last bits between
+    thread counts, so a cached warm start is the one its first caller trained.
     """
     task = get_task(task_name)
     params = {

@@ -40,7 +40,7 @@ def check_knobs(*, min_value: int, max_value: int, ops: str) -> None:
     if min_value < 0 or max_value < min_value:
         raise DataError(
             f"arithmetic needs 0 <= min_value <= max_value (got {min_value}, {max_value}): "
-            "pass e.g. --min-value 0 --max-value 999"
+            "pass e.g. --min-value 0 --max-value 99"
         )
     if not ops or set(ops) - set("+-*"):
         raise DataError(f"arithmetic ops must be a non-empty subset of '+-*' (got {ops!r})")
