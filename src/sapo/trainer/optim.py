@@ -73,7 +73,7 @@ def build_adamw(
 
 
 def build_scheduler(
-    optimizer,
+    optimizer: AdamW,
     *,
     total_steps: int,
     warmup: int = 0,
