@@ -53,7 +53,7 @@ def prepare(workdir: Path) -> dict:
 # ------------------------------------------------------------------------------------------------ sapo
 def run_sapo(paths: dict, mini_batches: int, new_tokens: int, workdir: Path, micro_batch: int = 8) -> dict:
     from sapo.config import load_config
-    from sapo.trainer.logging import read_metrics
+    from sapo.run_dir import read_metrics
     from sapo.trainer.loop import train
 
     overrides = [

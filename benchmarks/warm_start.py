@@ -11,7 +11,7 @@ import argparse
 import tempfile
 import time
 
-from sapo.trainer.warm_start import warm_start, warm_start_info
+from sapo.demo.warm_start import warm_start, warm_start_info
 
 
 def main() -> None:

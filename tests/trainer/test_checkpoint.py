@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from sapo.errors import ConfigError
+from sapo.optim import build_scheduler
 from sapo.trainer import checkpoint as ckpt
 from sapo.trainer.checkpoint import (
     TRACKER_FILE,
@@ -16,7 +17,6 @@ from sapo.trainer.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from sapo.trainer.optim import build_scheduler
 
 
 def make_training(seed=0):

@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from sapo.config.resolve import resolve_config
 from sapo.config.schema import Config
 from sapo.config.verl_keys import ALIASES, find_ignored
 from sapo.errors import ConfigError
@@ -351,48 +352,3 @@ def _coerce_plain(value: Any, tp: Any) -> Any:  # noqa: C901 - one branch per su
             return dict(value)
         raise ValueError(f"expected a mapping, got {value!r}")
     raise TypeError(f"unsupported field type {tp}")
-
-
-# ------------------------------------------------------------------------------------- resolution
-def resolve_config(config: Config) -> Config:
-    """Fill every null that means "inherit" with the value it inherits, in place, and return the config.
-    Idempotent: a dumped resolved config loads back to the same values."""
-    data, arr, trainer = config.data, config.actor_rollout_ref, config.trainer
-    actor, rollout, critic = arr.actor, arr.rollout, config.critic
-    if data.seed is None:
-        data.seed = trainer.seed
-    if actor.data_loader_seed is None:
-        actor.data_loader_seed = trainer.seed
-    # An explicit clip_ratio sets both sides unless they are given too (in verl it silently does nothing
-    # next to the 0.2 defaults of clip_ratio_low / clip_ratio_high).
-    explicit = config.provenance.explicit
-    for side in ("clip_ratio_low", "clip_ratio_high"):
-        if (
-            "actor_rollout_ref.actor.clip_ratio" in explicit
-            and f"actor_rollout_ref.actor.{side}" not in explicit
-        ):
-            setattr(actor, side, actor.clip_ratio)
-    actor.clip_ratio_low = actor.clip_ratio if actor.clip_ratio_low is None else actor.clip_ratio_low
-    actor.clip_ratio_high = actor.clip_ratio if actor.clip_ratio_high is None else actor.clip_ratio_high
-    if actor.optim.clip_grad is not None:
-        actor.grad_clip = actor.optim.clip_grad
-    if critic.optim.clip_grad is not None:
-        critic.grad_clip = critic.optim.clip_grad
-    rollout.prompt_length = rollout.prompt_length or data.max_prompt_length
-    rollout.response_length = rollout.response_length or data.max_response_length
-    if trainer.default_local_dir is None:
-        trainer.default_local_dir = f"checkpoints/{trainer.project_name}/{trainer.experiment_name}"
-    if critic.enable is None:
-        critic.enable = config.algorithm.adv_estimator == "gae"
-    for name in (
-        "ppo_mini_batch_size",
-        "ppo_micro_batch_size_per_gpu",
-        "use_dynamic_bsz",
-        "ppo_epochs",
-        "shuffle",
-    ):
-        if getattr(critic, name) is None:
-            setattr(critic, name, getattr(actor, name))
-    if critic.model.path is None:
-        critic.model.path = arr.model.path
-    return config

@@ -12,6 +12,7 @@ from typing import Any
 import yaml
 
 from sapo.config.schema import NO_VERL_DEFAULT, Config
+from sapo.run_dir import CONFIG_FILE, DERIVED_FILE, STARTUP_FILE
 
 
 def config_to_dict(obj: Any) -> dict[str, Any]:
@@ -103,8 +104,8 @@ def record_startup(config: Config, derived: dict[str, Any], run_dir: str | Path)
     import json
 
     run_dir = Path(run_dir)
-    dump_config(config, run_dir / "config.yaml")
-    (run_dir / "derived.json").write_text(json.dumps(derived, indent=1, default=str) + "\n")
+    dump_config(config, run_dir / CONFIG_FILE)
+    (run_dir / DERIVED_FILE).write_text(json.dumps(derived, indent=1, default=str) + "\n")
     text = format_startup_report(config, derived)
-    (run_dir / "startup.txt").write_text(text)
+    (run_dir / STARTUP_FILE).write_text(text)
     return text

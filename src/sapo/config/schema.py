@@ -116,7 +116,7 @@ class PolicyLossConfig:
 
 @dataclass
 class OptimConfig:
-    optimizer: str = opt("AdamW", "Optimizer. Only AdamW (torch's update, sapo.trainer.adamw) is supported.")
+    optimizer: str = opt("AdamW", "Optimizer. Only AdamW (torch's update, sapo.optim.adamw) is supported.")
     lr: float = opt(1.5e-4, "Peak learning rate.", verl=1e-6)
     lr_warmup_steps: int | None = opt(
         -1, "Linear warmup steps. -1/null: lr_warmup_steps_ratio x total steps."

@@ -16,7 +16,13 @@ from __future__ import annotations
 import torch
 
 from sapo.core.diagnostics import fraction, ratio_metrics
-from sapo.core.losses import clip_range, finish_loss, prepare_inputs, register_policy_loss, token_log_ratio
+from sapo.core.loss_registry import (
+    clip_range,
+    finish_loss,
+    prepare_inputs,
+    register_policy_loss,
+    token_log_ratio,
+)
 from sapo.core.masked import masked_mean
 from sapo.errors import ConfigError
 
@@ -43,7 +49,8 @@ def clip_cov_policy_loss(
     low, high = clip_range(clip_ratio, clip_ratio_low, clip_ratio_high)
     if not clip_cov_ratio > 0:
         raise ConfigError(
-            f"clip_cov_ratio must be > 0 (got {clip_cov_ratio}): set policy_loss.clip_cov_ratio"
+            f"actor_rollout_ref.actor.policy_loss.clip_cov_ratio must be > 0 (got {clip_cov_ratio}): it is "
+            "the fraction of tokens whose gradient is removed, e.g. 0.0002"
         )
     old, new, adv, mask, is_w = prepare_inputs(
         old_log_prob, log_prob, advantages, response_mask, rollout_is_weights
@@ -81,7 +88,10 @@ def kl_cov_policy_loss(
     ``(A - Abar)(logp - logp_bar)`` get the penalty. Metric ``actor/kl_cov_frac``: fraction penalised.
     """
     if not kl_cov_ratio > 0:
-        raise ConfigError(f"kl_cov_ratio must be > 0 (got {kl_cov_ratio}): set policy_loss.kl_cov_ratio")
+        raise ConfigError(
+            f"actor_rollout_ref.actor.policy_loss.kl_cov_ratio must be > 0 (got {kl_cov_ratio}): it is the "
+            "fraction of tokens that get the KL penalty, e.g. 0.0002"
+        )
     old, new, adv, mask, is_w = prepare_inputs(
         old_log_prob, log_prob, advantages, response_mask, rollout_is_weights
     )

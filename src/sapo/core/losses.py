@@ -17,153 +17,52 @@ Shared semantics (verl's ``core_algos.py`` unless noted):
    its combined log-ratio at +10 only, as verl does); clip_cov, kl_cov and geo_mean get the same [-20, 20]
    clamp here, which verl omits, so that no valid input can overflow;
 3. ``rollout_is_weights`` (detached) multiply the per-token loss before aggregation;
-4. the loss honours the ``loss_agg_mode`` it is given; :func:`default_loss_agg_mode` picks the mode when the
-   user set none (SAPO, GSPO and GMPO: ``seq-mean-token-mean``; others: ``token-mean``, verl's default);
+4. the loss honours the ``loss_agg_mode`` it is given; the mode used when the user sets none is registered
+   with the loss (SAPO, GSPO and GMPO: ``seq-mean-token-mean``; others: ``token-mean``, verl's default) and
+   read through :func:`default_loss_agg_mode`;
 5. metrics are this call's statistics (see sapo.core.diagnostics for names and how to combine them).
 
-The trainer passes all actor numbers through :func:`policy_loss_kwargs`, which keeps those the loss takes.
-A user registers a new loss with ``@register_policy_loss("name")`` and the same signature.
+The registry and the shared steps are in :mod:`sapo.core.loss_registry`. A user adds a loss with
+``@register_policy_loss("name", default_agg_mode=...)`` and the same signature; the trainer fills its
+numbers from the config keys of the same names and validates them by calling it (see that module).
 """
 
 from __future__ import annotations
 
-import inspect
-from collections.abc import Callable
-
 import torch
 
-from sapo.core.aggregation import aggregate_loss, check_loss_agg_mode
+from sapo.core import cov_losses  # noqa: F401  (registers clip_cov and kl_cov)
 from sapo.core.diagnostics import fraction, ratio_metrics, sapo_gate_metrics
-from sapo.core.masked import as_bool_mask, masked_count, masked_sum, masked_zero
-from sapo.errors import ConfigError, UserError
-
-PolicyLoss = Callable[..., tuple[torch.Tensor, dict[str, float]]]
-POLICY_LOSSES: dict[str, PolicyLoss] = {}
-
-LOG_RATIO_CLAMP = 20.0
-# Keyword arguments every loss takes that are not the loss's own numbers.
-COMMON_KEYWORDS = frozenset(
-    {"loss_agg_mode", "rollout_is_weights", "global_num_tokens", "global_num_seqs", "loss_scale_factor"}
+from sapo.core.loss_registry import (  # noqa: F401  (the registry's names, importable from here as before)
+    COMMON_KEYWORDS,
+    POLICY_LOSS_ENTRIES,
+    POLICY_LOSSES,
+    check_policy_loss_numbers,
+    check_positive,
+    clip_range,
+    default_loss_agg_mode,
+    finish_loss,
+    get_policy_loss,
+    policy_loss_entry,
+    policy_loss_kwargs,
+    policy_loss_numbers,
+    prepare_inputs,
+    register_policy_loss,
+    token_log_ratio,
 )
-SEQUENCE_LEVEL_LOSSES = ("sapo", "gspo", "geo_mean")
-
-
-def register_policy_loss(name: str) -> Callable[[PolicyLoss], PolicyLoss]:
-    """Decorator: register ``fn`` as the policy loss ``name`` (replaces an earlier one of that name)."""
-
-    def decorator(fn: PolicyLoss) -> PolicyLoss:
-        POLICY_LOSSES[name] = fn
-        return fn
-
-    return decorator
-
-
-def get_policy_loss(name: str) -> PolicyLoss:
-    """The loss registered as ``name``; a ConfigError listing the valid names otherwise."""
-    if name not in POLICY_LOSSES:
-        raise ConfigError(
-            f"unknown policy loss {name!r}: set actor_rollout_ref.actor.policy_loss.loss_mode to one of "
-            f"{', '.join(sorted(POLICY_LOSSES))}"
-        )
-    return POLICY_LOSSES[name]
-
-
-def policy_loss_numbers(name: str) -> tuple[str, ...]:
-    """Names of the keyword numbers the loss ``name`` takes (e.g. ``('tau_pos', 'tau_neg')`` for sapo)."""
-    parameters = inspect.signature(get_policy_loss(name)).parameters.values()
-    return tuple(
-        p.name
-        for p in parameters
-        if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in COMMON_KEYWORDS
-    )
-
-
-def policy_loss_kwargs(name: str, **numbers: object) -> dict[str, object]:
-    """From all actor numbers (``tau_pos=..., clip_ratio=..., ...``) keep those the loss ``name`` takes."""
-    wanted = policy_loss_numbers(name)
-    return {key: value for key, value in numbers.items() if key in wanted}
-
-
-def default_loss_agg_mode(loss_mode: str, user_value: str | None) -> str:
-    """The effective ``loss_agg_mode``: the user's when set, else the loss's paper default.
-
-    SAPO (arXiv 2511.20347), GSPO (arXiv 2507.18071) and GMPO/geo_mean (arXiv 2507.20673) are defined with a
-    per-sequence token mean, so they default to ``seq-mean-token-mean``; every other loss to ``token-mean``.
-    """
-    get_policy_loss(loss_mode)
-    if user_value is not None:
-        return check_loss_agg_mode(user_value)
-    return "seq-mean-token-mean" if loss_mode in SEQUENCE_LEVEL_LOSSES else "token-mean"
-
-
-# ---------------------------------------------------------------------------------------------------------
-# shared steps
-
-
-def check_positive(name: str, value: float, example: str) -> None:
-    if not value > 0:
-        raise ConfigError(
-            f"{name} must be > 0 (got {value}): set actor_rollout_ref.actor.{name} to a positive number "
-            f"such as {example}"
-        )
-
-
-def clip_range(clip_ratio: float, clip_ratio_low: float | None, clip_ratio_high: float | None):
-    """(low, high) clip widths; ``None`` falls back to ``clip_ratio`` (verl)."""
-    low = clip_ratio if clip_ratio_low is None else clip_ratio_low
-    high = clip_ratio if clip_ratio_high is None else clip_ratio_high
-    for name, value in (("clip_ratio_low", low), ("clip_ratio_high", high)):
-        if not value >= 0:
-            raise ConfigError(f"{name} must be >= 0 (got {value}): set actor_rollout_ref.actor.{name}")
-    return float(low), float(high)
-
-
-def _check_finite(name: str, tensor: torch.Tensor, mask: torch.Tensor) -> None:
-    bad = int((~torch.isfinite(tensor.detach()) & mask).sum())
-    if bad:
-        raise UserError(
-            f"{name} has {bad} non-finite value(s) (NaN or inf) at valid response positions: check the "
-            "model's log-probs (a -inf log-prob means the token was impossible) and the rewards/advantages"
-        )
-
-
-def prepare_inputs(old_log_prob, log_prob, advantages, response_mask, rollout_is_weights=None):
-    """Check shapes and finiteness; return (old, new, adv, mask, is_weights) with padding set to 0."""
-    tensors = {"old_log_prob": old_log_prob, "log_prob": log_prob, "advantages": advantages}
-    if rollout_is_weights is not None:
-        tensors["rollout_is_weights"] = rollout_is_weights
-    shape = response_mask.shape
-    for name, tensor in tensors.items():
-        if tensor.shape != shape or len(shape) != 2:
-            raise UserError(
-                f"{name} has shape {tuple(tensor.shape)} but response_mask has {tuple(shape)}: every "
-                "input of a policy loss must be [batch, response_length] with the same shape"
-            )
-    mask = as_bool_mask(response_mask)  # [B, T]
-    for name, tensor in tensors.items():
-        _check_finite(name, tensor, mask)
-    cleaned = [masked_zero(t, mask) for t in (old_log_prob, log_prob, advantages)]
-    weights = None if rollout_is_weights is None else masked_zero(rollout_is_weights.detach(), mask)
-    return (*cleaned, mask, weights)
-
-
-def finish_loss(loss_mat, mask, rollout_is_weights, loss_agg_mode, **agg_counts) -> torch.Tensor:
-    """Apply rollout importance weights and aggregate ``loss_mat [B, T]`` to a scalar."""
-    if rollout_is_weights is not None:
-        loss_mat = loss_mat * rollout_is_weights  # [B, T]
-    return aggregate_loss(loss_mat, mask, loss_agg_mode, **agg_counts)
-
-
-def token_log_ratio(old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
-    """``clamp(log_prob - old_log_prob, -20, 20)`` (verl's overflow guard)."""
-    return torch.clamp(new - old, -LOG_RATIO_CLAMP, LOG_RATIO_CLAMP)  # [B, T]
-
+from sapo.core.masked import masked_count, masked_sum
+from sapo.errors import ConfigError
 
 # ---------------------------------------------------------------------------------------------------------
 # the losses
 
 
-@register_policy_loss("sapo")
+_TAU_WHY = (
+    "the SAPO gate sigmoid(tau (r - 1)) x 4 / tau divides by tau; the paper uses tau_pos=1.0, tau_neg=1.05"
+)
+
+
+@register_policy_loss("sapo", default_agg_mode="seq-mean-token-mean")
 def sapo_policy_loss(
     old_log_prob, log_prob, advantages, response_mask, *, loss_agg_mode,
     tau_pos=1.0, tau_neg=1.05,
@@ -177,8 +76,8 @@ def sapo_policy_loss(
     r = 1 (plain policy gradient), smoothly decaying as r leaves 1, faster for negative advantages when
     ``tau_neg > tau_pos``. Metrics: ratio statistics and ``actor/sapo/*`` gate statistics.
     """
-    check_positive("tau_pos", tau_pos, "1.0")
-    check_positive("tau_neg", tau_neg, "1.05")
+    for name, tau in (("tau_pos", tau_pos), ("tau_neg", tau_neg)):
+        check_positive(name, tau, _TAU_WHY)
     old, new, adv, mask, is_w = prepare_inputs(
         old_log_prob, log_prob, advantages, response_mask, rollout_is_weights
     )
@@ -213,8 +112,8 @@ def vanilla_policy_loss(
     low, high = clip_range(clip_ratio, clip_ratio_low, clip_ratio_high)
     if not clip_ratio_c > 1.0:
         raise ConfigError(
-            f"clip_ratio_c must be > 1 (got {clip_ratio_c}): set actor_rollout_ref.actor.clip_ratio_c, "
-            "e.g. 3.0"
+            f"actor_rollout_ref.actor.clip_ratio_c must be > 1 (got {clip_ratio_c}): it is the dual-clip "
+            "bound on the loss of negative advantages, a multiple of |A| such as 3.0"
         )
     old, new, adv, mask, is_w = prepare_inputs(
         old_log_prob, log_prob, advantages, response_mask, rollout_is_weights
@@ -236,7 +135,7 @@ def vanilla_policy_loss(
     return loss, metrics
 
 
-@register_policy_loss("gspo")
+@register_policy_loss("gspo", default_agg_mode="seq-mean-token-mean")
 def gspo_policy_loss(
     old_log_prob, log_prob, advantages, response_mask, *, loss_agg_mode,
     clip_ratio=0.2, clip_ratio_low=None, clip_ratio_high=None,
@@ -320,7 +219,7 @@ def gpg_policy_loss(
     return loss, ratio_metrics(token_log_ratio(old, new), mask)
 
 
-@register_policy_loss("geo_mean")
+@register_policy_loss("geo_mean", default_agg_mode="seq-mean-token-mean")
 def geo_mean_policy_loss(
     old_log_prob, log_prob, advantages, response_mask, *, loss_agg_mode,
     clip_ratio=0.4, clip_ratio_low=None, clip_ratio_high=None,
@@ -355,7 +254,3 @@ def geo_mean_policy_loss(
     metrics["actor/pg_clipfrac"] = fraction(was_clipped & (adv > 0), mask)
     metrics["actor/pg_clipfrac_lower"] = fraction(was_clipped & (adv < 0), mask)
     return loss, metrics
-
-
-# clip_cov and kl_cov live in their own module; importing it registers them.
-from sapo.core import cov_losses  # noqa: E402, F401

@@ -35,7 +35,7 @@ from torch import nn
 from torch.utils.checkpoint import checkpoint
 
 from sapo.errors import UserError
-from sapo.models.loading import resolve_dtype
+from sapo.models.dtypes import resolve_dtype
 from sapo.models.logprobs import position_ids_from_mask
 from sapo.models.native_config import (
     WEIGHTS_FILE,

@@ -37,7 +37,7 @@ from sapo.core.kl import kl_penalty
 from sapo.core.losses import get_policy_loss
 from sapo.core.masked import masked_mean
 from sapo.models.logprobs import token_log_probs
-from sapo.trainer.adamw import AdamW
+from sapo.optim import AdamW
 
 
 @dataclass

@@ -32,10 +32,15 @@ import numpy as np
 import torch
 
 from sapo.errors import ConfigError
-
-TRACKER_FILE = "latest_checkpointed_iteration.txt"
-STEP_PREFIX = "global_step_"
-META_FILE = "meta.json"
+from sapo.run_dir import (  # noqa: F401  (checkpoint_step and list_checkpoints: this module's API too)
+    META_FILE,
+    STEP_PREFIX,
+    TRACKER_FILE,
+    checkpoint_dir,
+    checkpoint_step,
+    latest_checkpoint,
+    list_checkpoints,
+)
 
 
 # -------------------------------------------------------------------------------------------- RNG
@@ -107,7 +112,7 @@ def save_checkpoint(
     run_dir.mkdir(parents=True, exist_ok=True)
     _remove_stale_temp_dirs(run_dir)
     _check_plain(extra_state or {}, "extra_state")
-    final = run_dir / f"{STEP_PREFIX}{step}"
+    final = checkpoint_dir(run_dir, step)
     tmp = run_dir / f".tmp_{STEP_PREFIX}{step}.{os.getpid()}"
     tmp.mkdir()
     try:
@@ -217,16 +222,6 @@ def _check_plain(value: Any, where: str) -> None:
         )
 
 
-def list_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
-    """Complete checkpoints (those with meta.json), oldest first."""
-    out = []
-    for path in Path(run_dir).glob(f"{STEP_PREFIX}*"):
-        suffix = path.name[len(STEP_PREFIX) :]
-        if suffix.isdigit() and (path / META_FILE).is_file():
-            out.append((int(suffix), path))
-    return sorted(out)
-
-
 def prune_checkpoints(run_dir: str | Path, keep: int) -> list[Path]:
     """Delete all but the newest ``keep`` complete checkpoints; returns what was deleted."""
     doomed = [path for _, path in list_checkpoints(run_dir)[:-keep]] if keep > 0 else []
@@ -261,18 +256,7 @@ def find_resume_checkpoint(
         return path
     if resume_mode != "auto":
         raise ConfigError(f"trainer.resume_mode={resume_mode!r}: choose auto, disable or resume_path")
-    tracker = Path(run_dir) / TRACKER_FILE
-    if tracker.is_file():
-        text = tracker.read_text().strip()
-        candidate = Path(run_dir) / f"{STEP_PREFIX}{text}"
-        if text.isdigit() and (candidate / META_FILE).is_file():
-            return candidate
-    complete = list_checkpoints(run_dir)
-    return complete[-1][1] if complete else None
-
-
-def checkpoint_step(path: str | Path) -> int:
-    return int(json.loads((Path(path) / META_FILE).read_text())["step"])
+    return latest_checkpoint(run_dir)
 
 
 def read_state(path: str | Path, name: str, map_location: str | torch.device = "cpu") -> Any:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import torch
 
+from sapo.run_dir import VAL_GENERATIONS_FILE
+
 
 def generation_records(scored, step: int, advantages: torch.Tensor | None = None, mask=None) -> list[dict]:
     """One record per response of a :class:`sapo.trainer.rollout_step.ScoredRollout`.
@@ -64,7 +66,7 @@ def dump_generations(directory: str | Path, step: int, records: list[dict]) -> P
 
 def append_val_generations(run_dir: Path, records: list[dict]) -> Path:
     """Append records to ``<run_dir>/val_generations.jsonl`` (metrics.jsonl holds numbers only)."""
-    path = Path(run_dir) / "val_generations.jsonl"
+    path = Path(run_dir) / VAL_GENERATIONS_FILE
     with path.open("a") as out:
         out.writelines(json.dumps(record, default=str) + "\n" for record in records)
     return path

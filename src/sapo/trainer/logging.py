@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from sapo.errors import ConfigError, UserError
+from sapo.run_dir import METRICS_FILE, TENSORBOARD_DIR, WANDB_ID_FILE, read_metrics  # noqa: F401
 
-METRICS_FILE = "metrics.jsonl"
-WANDB_ID_FILE = "wandb_run_id.txt"
 SINKS = ("console", "tensorboard", "wandb")
 
 # (metric name or prefix, short label) shown on the progress bar when present.
@@ -112,7 +111,7 @@ class MetricsLogger:
             truncate_metrics(self.metrics_path, after_step=resume_step)
         self._jsonl = self.metrics_path.open("a")
         self._tensorboard = (
-            _open_tensorboard(self.run_dir / "tensorboard") if "tensorboard" in loggers else None
+            _open_tensorboard(self.run_dir / TENSORBOARD_DIR) if "tensorboard" in loggers else None
         )
         self._wandb = (
             _open_wandb(self.run_dir, project, experiment, config, resume_step)
@@ -165,14 +164,6 @@ class MetricsLogger:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def read_metrics(path: str | Path) -> list[dict[str, Any]]:
-    """The records of a metrics.jsonl file, in order."""
-    path = Path(path)
-    if not path.is_file():
-        return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def truncate_metrics(path: Path, after_step: int) -> None:

@@ -26,6 +26,7 @@ from sapo.config import Config
 from sapo.core.advantages import compute_advantages
 from sapo.core.diagnostics import rollout_mismatch_metrics
 from sapo.core.kl import kl_penalty
+from sapo.run_dir import HF_MODEL_DIR
 from sapo.trainer import checkpoint as ckpt
 from sapo.trainer.actor import needs_old_log_prob, update_actor
 from sapo.trainer.critic import compute_values, update_critic
@@ -236,4 +237,4 @@ def save(run: TrainingRun) -> Path:
 
 
 def export(run: TrainingRun) -> Path:
-    return ckpt.export_hf(run.policy, run.tokenizer, run.run_dir / "hf_model")
+    return ckpt.export_hf(run.policy, run.tokenizer, run.run_dir / HF_MODEL_DIR)

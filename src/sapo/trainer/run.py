@@ -22,16 +22,16 @@ from sapo.core.advantages import ADVANTAGE_ESTIMATORS, get_advantage_estimator
 from sapo.core.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController
 from sapo.core.losses import POLICY_LOSSES, policy_loss_kwargs
 from sapo.data.sampler import ResumableSampler
+from sapo.optim import AdamW
 from sapo.rollout import make_rollout_engine
 from sapo.rollout.base import SamplingParams
 from sapo.trainer import checkpoint as ckpt
 from sapo.trainer.actor import ActorUpdateSettings
-from sapo.trainer.adamw import AdamW
 from sapo.trainer.logging import MetricsLogger
-from sapo.trainer.optim import build_optimizer_and_scheduler
 from sapo.trainer.setup import (
     build_dataset,
     build_models,
+    build_optimizer_and_scheduler,
     build_reward,
     data_files,
     resolve_device,

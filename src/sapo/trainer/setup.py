@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -23,8 +24,10 @@ from sapo.data.dataset import RLDataset
 from sapo.data.rows import load_rows
 from sapo.errors import ConfigError, DataError
 from sapo.models.loading import load_model_and_tokenizer
+from sapo.optim import build_adamw, build_scheduler, warmup_steps
 from sapo.rewards.custom import load_custom_reward_function
 from sapo.rewards.managers import build_reward_manager
+from sapo.run_dir import DATA_DIR
 
 
 def run_dir_of(config: Config) -> Path:
@@ -59,7 +62,7 @@ def policy_model_path(config: Config) -> tuple[Path, dict | None]:
     path = config.actor_rollout_ref.model.path
     if path is not None:
         return Path(path), None
-    from sapo.trainer.warm_start import DEFAULT_SPEC, warm_start, warm_start_info
+    from sapo.demo.warm_start import DEFAULT_SPEC, warm_start, warm_start_info
 
     task, tiny, ws = config.sapo.task, config.sapo.tiny_model, config.sapo.warm_start
     spec = replace(
@@ -116,7 +119,7 @@ def data_files(config: Config, run_dir: Path) -> tuple[list[str], list[str]]:
             "Lower sapo.task.num_train (raise trainer.total_epochs to keep the number of steps) or widen "
             "sapo.task.knobs"
         ) from exc
-    folder = run_dir / "data"
+    folder = run_dir / DATA_DIR
     train_path = write_rows(train, folder / "train.parquet")
     val_path = write_rows(test, folder / "test.parquet")
     return [str(train_path)], [str(val_path)]
@@ -125,7 +128,7 @@ def data_files(config: Config, run_dir: Path) -> tuple[list[str], list[str]]:
 def _check_no_warm_start_problem_in_validation(config: Config) -> None:
     """The warm start (built-in tiny model) holds out its seed's first HELD_OUT problems; the built-in
     validation split is the first ``num_val`` of the same seed, so it must fit inside them."""
-    from sapo.trainer.warm_start import HELD_OUT
+    from sapo.demo.warm_start import HELD_OUT
 
     num_val = config.sapo.task.num_val
     if config.actor_rollout_ref.model.path is None and num_val > HELD_OUT:
@@ -194,3 +197,27 @@ def build_models(config: Config, device: torch.device, needs_reference: bool) ->
         reference = copy.deepcopy(policy).eval()
         reference.requires_grad_(False)
     return Models(policy=policy, tokenizer=tokenizer, reference=reference, path=path, warm_start=warm)
+
+
+def build_optimizer_and_scheduler(params: Iterable[torch.nn.Parameter], optim_config, total_steps: int):
+    """AdamW + schedule from a config section (``actor_rollout_ref.actor.optim`` or ``critic.optim``).
+    ``optim_config.total_training_steps`` wins over ``total_steps`` when it is positive (verl's key)."""
+    if optim_config.total_training_steps and optim_config.total_training_steps > 0:
+        total_steps = optim_config.total_training_steps
+    optimizer = build_adamw(
+        params,
+        lr=optim_config.lr,
+        weight_decay=optim_config.weight_decay,
+        betas=optim_config.betas,
+        eps=optim_config.eps,
+    )
+    warmup = warmup_steps(optim_config.lr_warmup_steps, optim_config.lr_warmup_steps_ratio, total_steps)
+    scheduler = build_scheduler(
+        optimizer,
+        total_steps=total_steps,
+        warmup=warmup,
+        schedule=optim_config.lr_scheduler_type,
+        min_lr_ratio=optim_config.min_lr_ratio,
+        num_cycles=optim_config.num_cycles,
+    )
+    return optimizer, scheduler

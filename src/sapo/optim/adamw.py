@@ -1,5 +1,5 @@
-"""AdamW (Loshchilov & Hutter, arXiv 1711.05101) and a step-indexed learning-rate schedule, written here
-so that a training process never imports ``torch._dynamo``.
+"""AdamW (Loshchilov & Hutter, arXiv 1711.05101), written here so that a training process never imports
+``torch._dynamo``.
 
 Why not ``torch.optim.AdamW``: ``torch.optim.Optimizer.__init__`` is wrapped in ``torch._disable_dynamo``,
 whose first call imports ``torch._dynamo`` and with it sympy and parts of inductor: about 70 MiB of resident
@@ -20,7 +20,7 @@ Parameters whose ``grad`` is None are skipped and keep their step count, as torc
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 import torch
 
@@ -106,37 +106,3 @@ class AdamW:
                 "exp_avg": saved["exp_avg"].to(device=p.device, dtype=p.dtype, copy=True),
                 "exp_avg_sq": saved["exp_avg_sq"].to(device=p.device, dtype=p.dtype, copy=True),
             }
-
-
-class LRSchedule:
-    """Sets the optimizer's lr to ``base_lr x factor(step)``: ``factor(0)`` at construction, then the next
-    step's value after each :meth:`step` (the behaviour of torch's ``LambdaLR``, which also records the
-    base lr as ``initial_lr`` in each parameter group)."""
-
-    def __init__(self, optimizer, factor: Callable[[int], float]):
-        self.optimizer = optimizer
-        self.factor = factor
-        for group in optimizer.param_groups:
-            group.setdefault("initial_lr", group["lr"])
-        self.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
-        self.last_epoch = 0  # torch's name for the number of steps taken
-        self._apply()
-
-    def _apply(self) -> None:
-        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
-            group["lr"] = base * self.factor(self.last_epoch)
-
-    def step(self) -> None:
-        self.last_epoch += 1
-        self._apply()
-
-    def get_last_lr(self) -> list[float]:
-        return [group["lr"] for group in self.optimizer.param_groups]
-
-    def state_dict(self) -> dict:
-        return {"last_epoch": self.last_epoch, "base_lrs": list(self.base_lrs)}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.last_epoch = int(state_dict["last_epoch"])
-        self.base_lrs = list(state_dict["base_lrs"])
-        self._apply()

@@ -17,15 +17,49 @@ These are verl's ``get_constant_schedule_with_warmup`` / ``get_cosine_schedule_w
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from functools import partial
 
 import torch
 
 from sapo.errors import ConfigError
-from sapo.trainer.adamw import AdamW, LRSchedule
+from sapo.optim.adamw import AdamW
 
 SCHEDULES = ("constant", "cosine")
+
+
+class LRSchedule:
+    """Sets the optimizer's lr to ``base_lr x factor(step)``: ``factor(0)`` at construction, then the next
+    step's value after each :meth:`step` (the behaviour of torch's ``LambdaLR``, which also records the
+    base lr as ``initial_lr`` in each parameter group)."""
+
+    def __init__(self, optimizer, factor: Callable[[int], float]):
+        self.optimizer = optimizer
+        self.factor = factor
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
+        self.base_lrs = [group["initial_lr"] for group in optimizer.param_groups]
+        self.last_epoch = 0  # torch's name for the number of steps taken
+        self._apply()
+
+    def _apply(self) -> None:
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):
+            group["lr"] = base * self.factor(self.last_epoch)
+
+    def step(self) -> None:
+        self.last_epoch += 1
+        self._apply()
+
+    def get_last_lr(self) -> list[float]:
+        return [group["lr"] for group in self.optimizer.param_groups]
+
+    def state_dict(self) -> dict:
+        return {"last_epoch": self.last_epoch, "base_lrs": list(self.base_lrs)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.last_epoch = int(state_dict["last_epoch"])
+        self.base_lrs = list(state_dict["base_lrs"])
+        self._apply()
 
 
 def warmup_steps(lr_warmup_steps: int | None, lr_warmup_steps_ratio: float, total_steps: int) -> int:
@@ -65,7 +99,7 @@ def build_adamw(
     eps: float = 1e-8,
 ) -> AdamW:
     """AdamW (decoupled weight decay, Loshchilov & Hutter, arXiv 1711.05101) over the trainable parameters:
-    :class:`sapo.trainer.adamw.AdamW`, torch's update without importing ``torch._dynamo``."""
+    :class:`sapo.optim.adamw.AdamW`, torch's update without importing ``torch._dynamo``."""
     trainable = [p for p in params if p.requires_grad]
     if not trainable:
         raise ConfigError("the model has no trainable parameters; check that it was not frozen")
@@ -98,27 +132,3 @@ def build_scheduler(
         num_cycles=num_cycles,
     )
     return LRSchedule(optimizer, factor)
-
-
-def build_optimizer_and_scheduler(params: Iterable[torch.nn.Parameter], optim_config, total_steps: int):
-    """AdamW + schedule from a config section (``actor_rollout_ref.actor.optim`` or ``critic.optim``).
-    ``optim_config.total_training_steps`` wins over ``total_steps`` when it is positive (verl's key)."""
-    if optim_config.total_training_steps and optim_config.total_training_steps > 0:
-        total_steps = optim_config.total_training_steps
-    optimizer = build_adamw(
-        params,
-        lr=optim_config.lr,
-        weight_decay=optim_config.weight_decay,
-        betas=optim_config.betas,
-        eps=optim_config.eps,
-    )
-    warmup = warmup_steps(optim_config.lr_warmup_steps, optim_config.lr_warmup_steps_ratio, total_steps)
-    scheduler = build_scheduler(
-        optimizer,
-        total_steps=total_steps,
-        warmup=warmup,
-        schedule=optim_config.lr_scheduler_type,
-        min_lr_ratio=optim_config.min_lr_ratio,
-        num_cycles=optim_config.num_cycles,
-    )
-    return optimizer, scheduler

@@ -38,7 +38,7 @@ import torch
 from sapo.data.tasks import Task, generate_splits, get_task
 from sapo.errors import DataError
 from sapo.models.tiny import TinyModelSpec, build_tiny_model
-from sapo.trainer.adamw import AdamW
+from sapo.optim import AdamW
 
 log = logging.getLogger(__name__)
 INFO_FILE = "warm_start.json"

@@ -5,8 +5,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from sapo.data.tasks import generate_splits, get_task
+from sapo.demo.warm_start import _collate, _encode_example, dev_accuracy, warm_start, warm_start_info
 from sapo.errors import DataError
-from sapo.trainer.warm_start import _collate, _encode_example, dev_accuracy, warm_start, warm_start_info
 
 TINY_CAP = dict(
     max_steps=3, check_every=3, dev_size=16, train_pool_size=64, batch_size=8, target_accuracy=1.0

@@ -7,8 +7,8 @@ import torch
 
 from sapo.config import load_config
 from sapo.errors import ConfigError
-from sapo.trainer.adamw import AdamW
-from sapo.trainer.optim import build_optimizer_and_scheduler, build_scheduler, lr_factor, warmup_steps
+from sapo.optim import AdamW, build_scheduler, lr_factor, warmup_steps
+from sapo.trainer.setup import build_optimizer_and_scheduler
 
 
 def lrs_over(scheduler, steps):
@@ -173,7 +173,7 @@ def test_a_training_step_never_imports_torch_dynamo():
     code = (
         "import sys, torch\n"
         "from sapo.config import load_config\n"
-        "from sapo.trainer.optim import build_optimizer_and_scheduler\n"
+        "from sapo.trainer.setup import build_optimizer_and_scheduler\n"
         "m = torch.nn.Linear(3, 1)\n"
         "opt, sched = build_optimizer_and_scheduler(m.parameters(), "
         "load_config(None, []).actor_rollout_ref.actor.optim, 10)\n"
