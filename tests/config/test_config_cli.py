@@ -17,8 +17,6 @@ def test_prints_report_and_dumps(tmp_path, capsys):
     assert (
         run(
             [
-                "--world-size",
-                "2",
                 "--dump",
                 str(out),
                 "data.train_batch_size=16",
@@ -32,6 +30,11 @@ def test_prints_report_and_dumps(tmp_path, capsys):
     assert "sequences_per_step" in text and "128" in text  # 16 prompts x n 8
     assert "trainer.nnodes" in text  # reported as ignored
     assert load_config(out).data.train_batch_size == 16
+
+
+def test_more_than_one_process_is_refused_until_distributed_training_lands():
+    with pytest.raises(ConfigError, match="2 processes: sapo train runs as one process for now"):
+        run(["--world-size", "2"])
 
 
 def test_invalid_configuration_raises_user_error():

@@ -69,11 +69,10 @@ def test_group_estimator_needs_more_than_one_response():
         validate(cfg("actor_rollout_ref.rollout.n=1"))
 
 
-def test_registry_hooks_reject_unknown_names_with_suggestion():
+def test_unknown_registry_names_are_rejected_with_a_suggestion():
     config = cfg("actor_rollout_ref.actor.policy_loss.loss_mode=sapoo", "algorithm.adv_estimator=grpoo")
-    validate(config)  # without registries nothing is checked
     with pytest.raises(ConfigError) as err:
-        validate(config, valid_loss_modes={"sapo", "vanilla", "gspo"}, valid_estimators={"grpo", "gae"})
+        validate(config)  # the names come from the registries themselves
     assert "loss_mode='sapoo' is not a known name (did you mean 'sapo'?)" in str(err.value)
     assert "adv_estimator='grpoo' is not a known name (did you mean 'grpo'?)" in str(err.value)
 
@@ -89,7 +88,7 @@ def test_all_problems_reported_together():
         validate(config)
     text = str(err.value)
     for fragment in (
-        "rollout.name='sglang': choose one of hf, vllm",
+        "rollout.name='sglang' is not a known name; choose one of: hf, vllm",
         "'mlflow'",
         "resume_from_path",
         "optim.lr must be > 0",

@@ -8,6 +8,7 @@ from sapo.models.logprobs import token_log_probs
 from sapo.models.tiny import TinyModelSpec, build_tiny_model
 from sapo.rollout import make_rollout_engine
 from sapo.rollout.base import SamplingParams
+from sapo.rollout.weights import weight_stream
 
 pytestmark = pytest.mark.gpu
 
@@ -52,5 +53,5 @@ def test_vllm_engine_log_probs_and_in_place_weight_update(tmp_path):
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
-    engine.update_weights(model)
+    engine.update_weights(weight_stream(model))
     assert _max_log_prob_gap(model, engine.generate(prompts, sampling), 0.9) < 1e-3

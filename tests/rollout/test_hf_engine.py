@@ -190,7 +190,7 @@ def test_in_place_updates_and_update_weights_are_followed(tmp_path_factory):
     ids, mask = after.input_ids()
     lp, _ = token_log_probs(model, ids, mask, after.response_ids.shape[1])
     assert ((lp - after.rollout_log_probs) * after.response_mask).abs().max() < 1e-4
-    engine.update_weights(saved)  # a state dict is loaded into the engine's model
+    engine.update_weights(saved.items())  # a stream of (name, tensor) pairs is copied into the engine's model
     restored = engine.generate(prompts, greedy).rollout_log_probs
     torch.testing.assert_close(restored, before, atol=1e-6, rtol=0)
 

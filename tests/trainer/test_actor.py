@@ -17,7 +17,8 @@ from transformers import AutoModelForCausalLM
 
 from sapo.batch import Batch
 from sapo.models.tiny import TinyModelSpec, build_tiny_model
-from sapo.trainer.actor import ActorUpdateSettings, needs_old_log_prob, update_actor
+from sapo.trainer.actor import ActorUpdateSettings, PolicyLossSettings, needs_old_log_prob, update_actor
+from sapo.trainer.ppo_update import UpdateSchedule
 from sapo.trainer.rollout_step import compute_log_probs
 
 SPEC = TinyModelSpec(
@@ -34,6 +35,22 @@ SPEC = TinyModelSpec(
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
     return build_tiny_model(tmp_path_factory.mktemp("actor"), SPEC, chars="0123456789+=")
+
+
+def schedule(**changes) -> UpdateSchedule:
+    """One epoch over one unshuffled mini-batch of 4, unclipped, micro-batches of 4 unless changed."""
+    numbers = dict(
+        ppo_epochs=1, mini_batch_size=4, micro_batch_size=4, max_token_len=None, shuffle=False,
+        grad_clip=0.0, loss_scale_factor=8,
+    )  # fmt: skip
+    return UpdateSchedule(**{**numbers, **changes})
+
+
+def sapo_loss() -> PolicyLossSettings:
+    return PolicyLossSettings(
+        loss_mode="sapo", loss_agg_mode="seq-mean-token-mean", loss_kwargs={"tau_pos": 1.0, "tau_neg": 1.05},
+        use_kl_loss=False, kl_loss_coef=0.0, kl_loss_type="low_var_kl", entropy_coeff=0.0, temperature=1.0,
+    )  # fmt: skip
 
 
 def make_batch(vocab: int) -> Batch:
@@ -88,16 +105,10 @@ def test_on_policy_sapo_update_is_the_policy_gradient_for_any_micro_batching(
     expected = reference_gradient(model, batch)
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     settings = ActorUpdateSettings(
-        loss_mode="sapo",
-        loss_agg_mode="seq-mean-token-mean",
-        loss_kwargs={"tau_pos": 1.0, "tau_neg": 1.05},
-        mini_batch_size=4,
-        micro_batch_size=micro_batch_size,
-        max_token_len=max_token_len,
-        shuffle=False,
-        grad_clip=0.0,
+        schedule=schedule(micro_batch_size=micro_batch_size, max_token_len=max_token_len),
+        loss=sapo_loss(),
     )
-    assert not needs_old_log_prob(batch.num_sequences, settings)
+    assert not needs_old_log_prob(batch.num_sequences, settings.schedule)
     metrics = update_actor(
         model, torch.optim.SGD(model.parameters(), lr=1.0), batch, settings, torch.Generator().manual_seed(0)
     )
@@ -108,11 +119,10 @@ def test_on_policy_sapo_update_is_the_policy_gradient_for_any_micro_batching(
 
 
 def test_old_log_prob_is_needed_once_the_batch_is_reused():
-    settings = ActorUpdateSettings(loss_mode="sapo", loss_agg_mode="token-mean", mini_batch_size=8)
-    assert not needs_old_log_prob(8, settings)
-    assert needs_old_log_prob(16, settings)  # two mini-batches: the second is off-policy
-    settings.ppo_epochs = 2
-    assert needs_old_log_prob(8, settings)  # a second epoch is off-policy
+    one_pass = schedule(mini_batch_size=8)
+    assert not needs_old_log_prob(8, one_pass)
+    assert needs_old_log_prob(16, one_pass)  # two mini-batches: the second is off-policy
+    assert needs_old_log_prob(8, schedule(mini_batch_size=8, ppo_epochs=2))  # a second epoch is off-policy
 
 
 def test_dynamic_micro_batches_follow_the_token_budget():

@@ -127,8 +127,10 @@ def test_micro_batch_keys_reach_every_pass(tmp_path, tiny_qwen3, overrides_for, 
     )
     run = start_run(config, quiet=True)
     try:
-        assert run.actor.max_token_len == 80 and run.log_prob_max_tokens == 80
-        assert run.critic_settings.max_token_len == 90  # critic.use_dynamic_bsz null: the actor's (true)
+        assert run.actor.schedule.max_token_len == 80 and run.log_prob_max_tokens == 80
+        assert (
+            run.critic_settings.schedule.max_token_len == 90
+        )  # critic.use_dynamic_bsz null: the actor's (true)
         assert (run.log_prob_micro, run.ref_log_prob_micro) == (3, 4)
         assert run.critic.backbone.is_gradient_checkpointing
         calls = []
@@ -207,7 +209,7 @@ def test_dapo_manager_applies_the_overlong_penalty_only_when_enabled():
 
 
 def test_vllm_engine_settings_reach_the_engine():
-    from sapo.trainer.run import _engine_kwargs
+    from sapo.config.components import engine_settings
 
     config = load_config(
         None,
@@ -218,5 +220,5 @@ def test_vllm_engine_settings_reach_the_engine():
             "trainer.seed=3",
         ],
     )
-    assert _engine_kwargs(config) == {"gpu_memory_utilization": 0.7, "enforce_eager": True, "seed": 3}
-    assert _engine_kwargs(load_config(None, [])) == {}  # the hf engine has no such settings
+    assert engine_settings(config) == {"gpu_memory_utilization": 0.7, "enforce_eager": True, "seed": 3}
+    assert engine_settings(load_config(None, [])) == {}  # the hf engine has no such settings

@@ -88,8 +88,8 @@ def test_actor_side_keys_reach_their_components(tmp_path, tiny_qwen3, overrides_
         assert all(len(run.train_set[i]["prompt_ids"]) <= 30 for i in range(6))  # truncation=left at 30
         assert (run.sampler.shuffle, run.sampler.seed) == (False, 7)
         assert run.policy.is_gradient_checkpointing and next(run.policy.parameters()).dtype == torch.float32
-        actor = run.actor
-        assert (actor.ppo_epochs, actor.shuffle, actor.loss_mode) == (3, True, "vanilla")
+        actor, schedule = run.actor.loss, run.actor.schedule
+        assert (schedule.ppo_epochs, schedule.shuffle, actor.loss_mode) == (3, True, "vanilla")
         assert run.shuffle_generator.initial_seed() == 11
         # clip_ratio=0.3 sets the low side; the explicit clip_ratio_high wins on the high side.
         kwargs = actor.loss_kwargs
@@ -98,9 +98,13 @@ def test_actor_side_keys_reach_their_components(tmp_path, tiny_qwen3, overrides_
             0.28,
             4.0,
         )
-        assert (actor.loss_agg_mode, actor.loss_scale_factor) == ("seq-mean-token-sum-norm", 9)
+        assert (actor.loss_agg_mode, schedule.loss_scale_factor) == ("seq-mean-token-sum-norm", 9)
         assert (actor.entropy_coeff, actor.use_kl_loss, actor.kl_loss_coef) == (0.01, True, 0.2)
-        assert (actor.kl_loss_type, actor.grad_clip, actor.temperature) == ("mse", 2.0, 0.7)  # clip_grad wins
+        assert (actor.kl_loss_type, schedule.grad_clip, actor.temperature) == (
+            "mse",
+            2.0,
+            0.7,
+        )  # clip_grad wins
         assert run.reference is not None and run.kl_ctrl.value == 0.05
         group = run.optimizer.param_groups[0]
         assert (group["weight_decay"], group["betas"], group["eps"], group["initial_lr"]) == (
@@ -170,14 +174,14 @@ def test_critic_keys_reach_the_critic(tmp_path, tiny_qwen3, overrides_for):
     ]
     run = start_run(load_config(None, [*overrides_for(tiny_qwen3, tmp_path), *extra]), quiet=True)
     try:
-        settings = run.critic_settings
-        assert (settings.mini_batch_size, settings.micro_batch_size, settings.ppo_epochs) == (4, 2, 2)
-        assert (settings.shuffle, settings.cliprange_value, settings.grad_clip) == (
+        settings, schedule = run.critic_settings, run.critic_settings.schedule
+        assert (schedule.mini_batch_size, schedule.micro_batch_size, schedule.ppo_epochs) == (4, 2, 2)
+        assert (schedule.shuffle, settings.cliprange_value, schedule.grad_clip) == (
             True,
             0.3,
             0.6,
         )  # clip_grad
-        assert settings.loss_agg_mode == "seq-mean-token-mean" and settings.max_token_len is None
+        assert settings.loss_agg_mode == "seq-mean-token-mean" and schedule.max_token_len is None
         group = run.critic_optimizer.param_groups[0]
         assert (group["initial_lr"], group["weight_decay"], group["betas"], group["eps"]) == (
             0.003,
@@ -189,7 +193,7 @@ def test_critic_keys_reach_the_critic(tmp_path, tiny_qwen3, overrides_for):
         # step 0: 0.2 + 0.8 x 0 / 1 = 0.2; step 3: p = 2/4, (1 + cos(pi / 2)) / 2 = 0.5 -> 0.2 + 0.8 x 0.5.
         factors = [run.critic_scheduler.factor(s) for s in (0, 1, 3)]
         assert factors == pytest.approx([0.2, 1.0, 0.6])
-        assert run.estimator_kwargs == {"gamma": 0.9, "lam": 0.8, "values": None}
+        assert run.estimator_kwargs == {"gamma": 0.9, "lam": 0.8}  # values come from the critic per step
         metrics = loop.training_step(run)
         assert "critic/vf_loss" in metrics
     finally:
@@ -283,16 +287,16 @@ def test_inherited_keys_resolve_from_the_trainer_section():
 
 
 def test_sapo_and_covariance_loss_numbers_reach_the_loss():
-    from sapo.trainer.run import _actor_settings
+    from sapo.trainer.settings import actor_settings
 
     prefix = "actor_rollout_ref.actor"
     sapo = load_config(None, [f"{prefix}.tau_pos=0.9", f"{prefix}.tau_neg=1.2"])
-    assert _actor_settings(sapo, 8).loss_kwargs == {"tau_pos": 0.9, "tau_neg": 1.2}
+    assert actor_settings(sapo).loss.loss_kwargs == {"tau_pos": 0.9, "tau_neg": 1.2}
     cov = [f"{prefix}.policy_loss.clip_cov_ratio=0.01", f"{prefix}.policy_loss.clip_cov_lb=0.5"]
     cov += [f"{prefix}.policy_loss.clip_cov_ub=4.0", f"{prefix}.policy_loss.loss_mode=clip_cov"]
-    kwargs = _actor_settings(load_config(None, cov), 8).loss_kwargs
+    kwargs = actor_settings(load_config(None, cov)).loss.loss_kwargs
     assert (kwargs["clip_cov_ratio"], kwargs["clip_cov_lb"], kwargs["clip_cov_ub"]) == (0.01, 0.5, 4.0)
     kl_cov = [f"{prefix}.policy_loss.loss_mode=kl_cov", f"{prefix}.policy_loss.kl_cov_ratio=0.02"]
     kl_cov.append(f"{prefix}.policy_loss.ppo_kl_coef=0.3")
-    kwargs = _actor_settings(load_config(None, kl_cov), 8).loss_kwargs
+    kwargs = actor_settings(load_config(None, kl_cov)).loss.loss_kwargs
     assert (kwargs["kl_cov_ratio"], kwargs["ppo_kl_coef"]) == (0.02, 0.3)

@@ -13,14 +13,16 @@ import argparse
 
 from sapo.config.loader import load_config
 from sapo.config.render import dump_config, format_startup_report
-from sapo.config.validate import derived_quantities, validate
+from sapo.config.validate import check_single_process, derived_quantities, validate
 
 HELP = "check a configuration (verl key names) and print it resolved, without training"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file of overrides, applied before the key=value ones")
-    parser.add_argument("--world-size", type=int, default=1, help="processes the run will use (default 1)")
+    parser.add_argument(
+        "--world-size", type=int, default=1, help="processes the run will use (default 1; only 1 for now)"
+    )
     parser.add_argument("--dump", help="also write the resolved config to this YAML file")
     parser.add_argument(
         "overrides", nargs="*", metavar="key=value", help="overrides, e.g. data.train_batch_size=64"
@@ -29,6 +31,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
+    check_single_process(args.world_size)
     validate(config, world_size=args.world_size)
     print(format_startup_report(config, derived_quantities(config, world_size=args.world_size)), end="")
     if args.dump:

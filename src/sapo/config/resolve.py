@@ -7,6 +7,8 @@ from: the trainer builds its settings from it and fills in nothing of its own.
 from __future__ import annotations
 
 from sapo.config.schema import Config
+from sapo.core.loss_registry import POLICY_LOSS_ENTRIES, default_loss_agg_mode
+from sapo.core.losses import POLICY_LOSSES  # noqa: F401  (importing the losses registers them)
 
 
 def resolve_config(config: Config) -> Config:
@@ -16,6 +18,8 @@ def resolve_config(config: Config) -> Config:
     actor, rollout, critic = arr.actor, arr.rollout, config.critic
     if data.seed is None:
         data.seed = trainer.seed
+    if config.sapo.task.seed is None:
+        config.sapo.task.seed = trainer.seed
     if actor.data_loader_seed is None:
         actor.data_loader_seed = trainer.seed
     # An explicit clip_ratio sets both sides unless they are given too (in verl it silently does nothing
@@ -33,6 +37,14 @@ def resolve_config(config: Config) -> Config:
         actor.grad_clip = actor.optim.clip_grad
     if critic.optim.clip_grad is not None:
         critic.grad_clip = critic.optim.clip_grad
+    if actor.loss_agg_mode is None and actor.policy_loss.loss_mode in POLICY_LOSS_ENTRIES:
+        actor.loss_agg_mode = default_loss_agg_mode(actor.policy_loss.loss_mode, None)
+    if actor.loss_scale_factor is None:
+        actor.loss_scale_factor = data.max_response_length
+    if rollout.log_prob_micro_batch_size_per_gpu is None:
+        rollout.log_prob_micro_batch_size_per_gpu = actor.ppo_micro_batch_size_per_gpu
+    if arr.ref.log_prob_micro_batch_size_per_gpu is None:
+        arr.ref.log_prob_micro_batch_size_per_gpu = actor.ppo_micro_batch_size_per_gpu
     rollout.prompt_length = rollout.prompt_length or data.max_prompt_length
     rollout.response_length = rollout.response_length or data.max_response_length
     if trainer.default_local_dir is None:
@@ -50,4 +62,6 @@ def resolve_config(config: Config) -> Config:
             setattr(critic, name, getattr(actor, name))
     if critic.model.path is None:
         critic.model.path = arr.model.path
+    if critic.loss_agg_mode is None:
+        critic.loss_agg_mode = "token-mean"
     return config

@@ -3,26 +3,24 @@
 Batch-size meanings are verl's: ``data.train_batch_size`` and ``ppo_mini_batch_size`` count prompts (each
 with ``rollout.n`` responses); ``ppo_micro_batch_size_per_gpu`` counts sequences per process.
 
-The names of losses, estimators and KL types live in sapo.core's registries; :func:`validate` takes them as
-arguments (``valid_loss_modes=...``) so the trainer can pass the registries' keys.
+The names of losses, estimators, KL types and engines, and each one's own checks, come from their
+registries (:mod:`sapo.config.components`), so ``sapo config`` and ``sapo train`` check the same things.
 """
 
 from __future__ import annotations
 
-import difflib
 import math
-from collections.abc import Iterable
 from typing import Any
 
+from sapo.config.components import component_problems
 from sapo.config.schema import Config
 from sapo.config.value_checks import unsupported_value_problems
+from sapo.core.loss_registry import default_loss_agg_mode
 from sapo.errors import ConfigError
+from sapo.optim.schedule import warmup_steps
 
 LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
-# Estimators whose baseline is the prompt's group of responses: they need rollout.n >= 2.
-GROUP_ESTIMATORS = ("grpo", "rloo", "grpo_passk", "opo", "grpo_vectorized", "rloo_vectorized")
 LOGGERS = ("console", "tensorboard", "wandb")
-ROLLOUT_ENGINES = ("hf", "vllm")
 TRUNCATIONS = ("error", "left", "right")
 RESUME_MODES = ("auto", "disable", "resume_path")
 SCHEDULES = ("constant", "cosine")
@@ -34,31 +32,35 @@ DEVICES = ("auto", "cuda", "cpu")
 
 
 def effective_loss_agg_mode(config: Config) -> str:
-    """The aggregation the loss will use: the user's ``loss_agg_mode`` if set, else the loss's default
-    (SAPO: seq-mean-token-mean, as in the paper, arXiv 2511.20347; every other loss: token-mean, verl's)."""
+    """The aggregation the actor's loss uses: ``loss_agg_mode`` as resolved (the user's, else the loss's
+    registered default: :func:`sapo.core.loss_registry.default_loss_agg_mode`, the one copy of that rule)."""
     actor = config.actor_rollout_ref.actor
-    if actor.loss_agg_mode is not None:
-        return actor.loss_agg_mode
-    return "seq-mean-token-mean" if actor.policy_loss.loss_mode == "sapo" else "token-mean"
+    return default_loss_agg_mode(actor.policy_loss.loss_mode, actor.loss_agg_mode)
 
 
-def validate(
-    config: Config,
-    *,
-    world_size: int = 1,
-    valid_loss_modes: Iterable[str] | None = None,
-    valid_estimators: Iterable[str] | None = None,
-    valid_kl_types: Iterable[str] | None = None,
-) -> None:
+def validate(config: Config, *, world_size: int = 1) -> None:
     """Raise one ConfigError listing every problem, each with the arithmetic and the fix."""
     problems: list[str] = []
     problems += _batch_problems(config, world_size)
-    problems += _algorithm_problems(config, valid_loss_modes, valid_estimators, valid_kl_types)
+    problems += component_problems(config)
+    problems += _algorithm_problems(config)
     problems += _choice_problems(config)
     problems += _range_problems(config)
     problems += unsupported_value_problems(config)
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
+
+
+def check_single_process(world_size: int) -> None:
+    """A ConfigError for more than one process: until multi-process training lands, every rank would train
+    its own full copy of the model into the same run directory. (:func:`validate` keeps the per-process
+    batch arithmetic for ``world_size > 1``; ``sapo train`` and ``sapo config`` call this first.)"""
+    if world_size != 1:
+        raise ConfigError(
+            f"{world_size} processes: sapo train runs as one process for now (each rank would train its own "
+            "full copy of the model and write the same run directory); launch it without torchrun (or "
+            "with --nproc_per_node 1) and leave trainer.nnodes and trainer.n_gpus_per_node at 1"
+        )
 
 
 def _batch_problems(config: Config, world_size: int) -> list[str]:
@@ -128,40 +130,9 @@ def _divisors_hint(total: int, near: int) -> str:
     return " or ".join(str(d) for d in sorted(divisors[:2]))
 
 
-def _algorithm_problems(config: Config, loss_modes, estimators, kl_types) -> list[str]:
-    actor, algo = config.actor_rollout_ref.actor, config.algorithm
+def _algorithm_problems(config: Config) -> list[str]:
+    algo = config.algorithm
     out = []
-    out += _name_problem(
-        "actor_rollout_ref.actor.policy_loss.loss_mode", actor.policy_loss.loss_mode, loss_modes
-    )
-    out += _name_problem("algorithm.adv_estimator", algo.adv_estimator, estimators)
-    out += _name_problem("actor_rollout_ref.actor.kl_loss_type", actor.kl_loss_type, kl_types)
-    out += _name_problem("algorithm.kl_penalty", algo.kl_penalty, kl_types)
-    if actor.policy_loss.loss_mode == "sapo":
-        for name in ("tau_pos", "tau_neg"):
-            tau = getattr(actor, name)
-            if not tau > 0:
-                out.append(
-                    f"actor_rollout_ref.actor.{name} must be > 0 (got {tau}): the SAPO gate "
-                    f"sigmoid(tau (r - 1)) x 4 / tau divides by tau; the paper uses tau_pos=1.0, "
-                    f"tau_neg=1.05"
-                )
-    n = config.actor_rollout_ref.rollout.n
-    if algo.adv_estimator in GROUP_ESTIMATORS and n < 2:
-        out.append(
-            f"algorithm.adv_estimator={algo.adv_estimator} compares responses within a prompt's group, "
-            f"so it needs actor_rollout_ref.rollout.n >= 2 (got {n}): every advantage would be 0"
-        )
-    if algo.adv_estimator == "gae" and not config.critic.enable:
-        out.append(
-            "algorithm.adv_estimator=gae needs a value model, but critic.enable=false; "
-            "set critic.enable=true (or null) or choose adv_estimator=grpo"
-        )
-    if config.critic.enable and algo.adv_estimator != "gae":
-        out.append(
-            f"critic.enable=true but adv_estimator={algo.adv_estimator} does not use values; "
-            "set critic.enable=null or adv_estimator=gae"
-        )
     if algo.kl_ctrl.type == "adaptive" and not (algo.kl_ctrl.target_kl > 0 and algo.kl_ctrl.horizon > 0):
         out.append(
             "algorithm.kl_ctrl.type=adaptive needs kl_ctrl.target_kl > 0 and kl_ctrl.horizon > 0 "
@@ -179,20 +150,6 @@ def _algorithm_problems(config: Config, loss_modes, estimators, kl_types) -> lis
     return out
 
 
-def _name_problem(key: str, value: str, valid: Iterable[str] | None) -> list[str]:
-    if valid is None:
-        return []
-    valid = sorted(valid)
-    if value in valid:
-        return []
-    near = difflib.get_close_matches(value, valid, n=1)
-    return [
-        f"{key}={value!r} is not a known name"
-        + (f" (did you mean {near[0]!r}?)" if near else "")
-        + f"; choose one of: {', '.join(valid)}"
-    ]
-
-
 def _choice(key: str, value: Any, choices: tuple) -> list[str]:
     return [] if value in choices else [f"{key}={value!r}: choose one of {', '.join(choices)}"]
 
@@ -200,7 +157,6 @@ def _choice(key: str, value: Any, choices: tuple) -> list[str]:
 def _choice_problems(config: Config) -> list[str]:
     arr, trainer, actor = config.actor_rollout_ref, config.trainer, config.actor_rollout_ref.actor
     out = []
-    out += _choice("actor_rollout_ref.rollout.name", arr.rollout.name, ROLLOUT_ENGINES)
     out += _choice("actor_rollout_ref.model.dtype", arr.model.dtype, DTYPES)
     out += _choice("actor_rollout_ref.model.impl", arr.model.impl, MODEL_IMPLS)
     out += _choice("data.truncation", config.data.truncation, TRUNCATIONS)
@@ -235,9 +191,6 @@ def _range_problems(config: Config) -> list[str]:
     checks = [
         ("data.max_prompt_length", config.data.max_prompt_length > 0, "> 0"),
         ("data.max_response_length", config.data.max_response_length > 0, "> 0"),
-        ("actor_rollout_ref.actor.clip_ratio_low", actor.clip_ratio_low >= 0, ">= 0"),
-        ("actor_rollout_ref.actor.clip_ratio_high", actor.clip_ratio_high >= 0, ">= 0"),
-        ("actor_rollout_ref.actor.clip_ratio_c", actor.clip_ratio_c > 1, "> 1 (dual-clip bound)"),
         ("actor_rollout_ref.actor.kl_loss_coef", actor.kl_loss_coef >= 0, ">= 0"),
         ("actor_rollout_ref.rollout.top_p", 0 < arr.rollout.top_p <= 1, "in (0, 1]"),
         ("actor_rollout_ref.rollout.val_kwargs.n", arr.rollout.val_kwargs.n >= 1, ">= 1"),
@@ -354,7 +307,9 @@ def derived_quantities(
         if actor.use_dynamic_bsz
         else per_rank // (actor.ppo_micro_batch_size_per_gpu or per_rank),
         "effective_loss_agg_mode": effective_loss_agg_mode(config),
-        "loss_agg_mode_source": "user" if actor.loss_agg_mode is not None else "loss default",
+        "loss_agg_mode_source": "user"
+        if "actor_rollout_ref.actor.loss_agg_mode" in config.provenance.explicit
+        else "loss default",
         "max_sequence_length": data.max_prompt_length + (rollout.response_length or data.max_response_length),
         "uses_reference_policy": actor.use_kl_loss or config.algorithm.use_kl_in_reward,
         "uses_critic": bool(config.critic.enable),
@@ -377,9 +332,8 @@ def training_schedule(config: Config, train_dataset_size: int) -> dict[str, int]
         )
     total = config.trainer.total_training_steps or steps_per_epoch * config.trainer.total_epochs
     optim = config.actor_rollout_ref.actor.optim
-    warmup = optim.lr_warmup_steps
-    if warmup is None or warmup < 0:
-        warmup = int(optim.lr_warmup_steps_ratio * total)
+    schedule_total = optim.total_training_steps if optim.total_training_steps > 0 else total
+    warmup = warmup_steps(optim.lr_warmup_steps, optim.lr_warmup_steps_ratio, schedule_total)
     return {
         "steps_per_epoch": steps_per_epoch,
         "total_training_steps": total,

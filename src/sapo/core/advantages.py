@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 
@@ -23,26 +24,58 @@ from sapo.core.masked import as_bool_mask, masked_whiten, masked_zero
 from sapo.errors import ConfigError, UserError
 
 AdvantageEstimator = Callable[..., tuple[torch.Tensor, torch.Tensor]]
-ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}
+# Keyword arguments the trainer supplies from the batch, not from the config.
+BATCH_KEYWORDS = frozenset({"token_level_rewards", "response_mask", "index", "values"})
 
 
-def register_advantage_estimator(name: str) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
-    """Decorator: register ``fn(*, token_level_rewards, response_mask, index, ...)`` as ``name``."""
+@dataclass(frozen=True)
+class AdvantageEstimatorEntry:
+    """What the registry knows about one estimator (what the trainer and the config checks need)."""
+
+    name: str
+    fn: AdvantageEstimator
+    needs_group: bool  # its baseline is the prompt's group: rollout.n >= 2, or every advantage is 0
+    needs_values: bool  # it reads a critic's values (gae)
+
+    @property
+    def numbers(self) -> dict[str, object]:
+        """Its own numbers and their signature defaults (filled from ``algorithm.<name>`` when that key
+        exists), e.g. ``{'norm_adv_by_std_in_grpo': True, 'epsilon': 1e-06}`` for grpo."""
+        parameters = inspect.signature(self.fn).parameters.values()
+        return {p.name: p.default for p in parameters if p.name not in BATCH_KEYWORDS}
+
+
+ADVANTAGE_ESTIMATORS: dict[str, AdvantageEstimator] = {}  # name -> estimator function
+ADVANTAGE_ESTIMATOR_ENTRIES: dict[str, AdvantageEstimatorEntry] = {}  # name -> the whole entry
+
+
+def register_advantage_estimator(
+    name: str, *, needs_group: bool = False, needs_values: bool = False
+) -> Callable[[AdvantageEstimator], AdvantageEstimator]:
+    """Decorator: register ``fn(*, token_level_rewards, response_mask, index, ...)`` as ``name``.
+    ``needs_group``: its baseline is the prompt's group (the config then requires rollout.n >= 2);
+    ``needs_values``: it reads the critic's values (the config then requires the critic)."""
 
     def decorator(fn: AdvantageEstimator) -> AdvantageEstimator:
         ADVANTAGE_ESTIMATORS[name] = fn
+        ADVANTAGE_ESTIMATOR_ENTRIES[name] = AdvantageEstimatorEntry(name, fn, needs_group, needs_values)
         return fn
 
     return decorator
 
 
-def get_advantage_estimator(name: str) -> AdvantageEstimator:
-    if name not in ADVANTAGE_ESTIMATORS:
+def advantage_estimator_entry(name: str) -> AdvantageEstimatorEntry:
+    """The entry registered as ``name``; a ConfigError listing the valid names otherwise."""
+    if name not in ADVANTAGE_ESTIMATOR_ENTRIES:
         raise ConfigError(
             f"unknown advantage estimator {name!r}: set algorithm.adv_estimator to one of "
-            f"{', '.join(sorted(ADVANTAGE_ESTIMATORS))}"
+            f"{', '.join(sorted(ADVANTAGE_ESTIMATOR_ENTRIES))}"
         )
-    return ADVANTAGE_ESTIMATORS[name]
+    return ADVANTAGE_ESTIMATOR_ENTRIES[name]
+
+
+def get_advantage_estimator(name: str) -> AdvantageEstimator:
+    return advantage_estimator_entry(name).fn
 
 
 def compute_advantages(name: str, *, token_level_rewards, response_mask, index=None, **kwargs):
@@ -107,7 +140,7 @@ def _outcome(scores: torch.Tensor, mask: torch.Tensor):
 # estimators
 
 
-@register_advantage_estimator("grpo")
+@register_advantage_estimator("grpo", needs_group=True)
 def grpo_advantages(*, token_level_rewards, response_mask, index, norm_adv_by_std_in_grpo=True, epsilon=1e-6):
     """GRPO (Shao et al., arXiv 2402.03300): ``A_i = (R_i - mean_g R) / (std_g R + epsilon)``.
 
@@ -120,7 +153,7 @@ def grpo_advantages(*, token_level_rewards, response_mask, index, norm_adv_by_st
     return _outcome(centred / (std + epsilon) if norm_adv_by_std_in_grpo else centred, response_mask)
 
 
-@register_advantage_estimator("rloo")
+@register_advantage_estimator("rloo", needs_group=True)
 def rloo_advantages(*, token_level_rewards, response_mask, index):
     """RLOO (Ahmadian et al., arXiv 2402.14740): leave-one-out baseline,
     ``A_i = R_i - mean_{j != i} R_j = n / (n - 1) * (R_i - mean_g R)``; a group of one gets ``R_i``."""
@@ -167,7 +200,7 @@ def remax_advantages(*, token_level_rewards, response_mask, reward_baselines=Non
     return masked_zero(returns - baseline, response_mask), returns
 
 
-@register_advantage_estimator("opo")
+@register_advantage_estimator("opo", needs_group=True)
 def opo_advantages(*, token_level_rewards, response_mask, index):
     """OPO (Hao et al., arXiv 2505.23585): length-weighted baseline ``b_g = sum L_j R_j / sum L_j``,
     ``A_i = R_i - b_g`` (``L`` = valid response length); a group of one gets ``R_i``."""
@@ -191,7 +224,7 @@ def gpg_advantages(*, token_level_rewards, response_mask, index, f_norm=1.0):
     return _outcome(alpha * (scores - mean) / f_norm, response_mask)
 
 
-@register_advantage_estimator("grpo_passk")
+@register_advantage_estimator("grpo_passk", needs_group=True)
 def grpo_passk_advantages(
     *, token_level_rewards, response_mask, index, norm_adv_by_std_in_grpo=True, epsilon=1e-6
 ):
@@ -214,7 +247,7 @@ def grpo_passk_advantages(
     return _outcome(advantages, response_mask)
 
 
-@register_advantage_estimator("gae")
+@register_advantage_estimator("gae", needs_values=True)
 def gae_advantages(*, token_level_rewards, response_mask, values=None, gamma=1.0, lam=1.0):
     """GAE (Schulman et al., arXiv 1506.02438) with a critic's ``values [B, T]``:
     ``delta_t = r_t + gamma V_{t+1} - V_t``, ``A_t = delta_t + gamma lam A_{t+1}`` (padding skipped: V and A

@@ -1,31 +1,27 @@
-"""Rollout engines behind one protocol (`RolloutEngine`): ``hf`` (default) and ``vllm`` (optional)."""
+"""Rollout engines behind one protocol (`RolloutEngine`): ``hf`` (default) and ``vllm`` (optional).
+
+Each engine registers itself (:mod:`sapo.rollout.registry`) in its own module; importing this package
+registers the built-in ones.
+"""
 
 from __future__ import annotations
 
-from sapo.errors import UserError
+from sapo.rollout import hf, vllm_engine  # noqa: F401  (register the built-in engines)
 from sapo.rollout.base import RolloutBatch, RolloutEngine, SamplingParams
-
-ENGINE_NAMES = ("hf", "vllm")
-
-
-def make_rollout_engine(name: str, model, tokenizer, **kwargs) -> RolloutEngine:
-    """The engine called ``name`` (``hf`` or ``vllm``), built on ``model`` and ``tokenizer``.
-
-    ``kwargs`` go to the engine class: `sapo.rollout.hf.HFRolloutEngine` or
-    `sapo.rollout.vllm_engine.VLLMRolloutEngine`.
-    """
-    if name == "hf":
-        from sapo.rollout.hf import HFRolloutEngine
-
-        return HFRolloutEngine(model, tokenizer, **kwargs)
-    if name == "vllm":
-        from sapo.rollout.vllm_engine import VLLMRolloutEngine
-
-        return VLLMRolloutEngine(model, tokenizer, **kwargs)
-    raise UserError(
-        f"unknown rollout engine {name!r}: set actor_rollout_ref.rollout.name to one of "
-        f"{', '.join(ENGINE_NAMES)}"
-    )
+from sapo.rollout.registry import ROLLOUT_ENGINES, register_rollout_engine, rollout_engine_entry
 
 
-__all__ = ["ENGINE_NAMES", "RolloutBatch", "RolloutEngine", "SamplingParams", "make_rollout_engine"]
+def make_rollout_engine(name: str, model, tokenizer, **settings) -> RolloutEngine:
+    """The engine registered as ``name`` (``hf``, ``vllm``, ...), built on ``model`` and ``tokenizer``;
+    ``settings`` are its own keyword arguments (the trainer passes those its entry names)."""
+    return rollout_engine_entry(name).load()(model, tokenizer, **settings)
+
+
+__all__ = [
+    "ROLLOUT_ENGINES",
+    "RolloutBatch",
+    "RolloutEngine",
+    "SamplingParams",
+    "make_rollout_engine",
+    "register_rollout_engine",
+]

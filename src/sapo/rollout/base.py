@@ -104,7 +104,8 @@ class RolloutEngine(Protocol):
         ...
 
     def update_weights(self, weights) -> None:
-        """Make the engine sample from new policy weights (a state dict or a model)."""
+        """Make the engine sample from new policy weights, given as ``(name, tensor)`` pairs
+        (`sapo.rollout.weights.weight_stream(model)`, FSDP's gathered full tensors, ...)."""
         ...
 
 

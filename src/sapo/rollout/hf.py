@@ -14,8 +14,9 @@ see its module) and `_HFStepper` (the model's own forward with a ``DynamicCache`
 Qwen3-MoE). Both produce the same tokens and log-probs up to float rounding.
 
 Weights: the engine holds the trainer's model object, so on one device there is nothing to copy after an
-optimizer step: `update_weights(model)` only swaps the reference, and `update_weights(state_dict)` loads
-the tensors into the held model (a no-op in effect when they are that model's own tensors).
+optimizer step. `update_weights` takes a stream of ``(name, tensor)`` pairs (`sapo.rollout.weights`) and
+copies each into the held model, skipping tensors that already are its own storage; the fast path's fused
+copies follow the parameters' versions, so an in-place change is seen by the next `generate`.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ import torch
 from sapo.errors import UserError
 from sapo.rollout.base import RolloutBatch, SamplingParams, check_prompts, left_pad
 from sapo.rollout.fast_decoder import FastDecoder, fused_layers, supports_fast_path
+from sapo.rollout.registry import register_rollout_engine
 from sapo.rollout.sampling import sample_next_token
+from sapo.rollout.weights import WeightStream, copy_weights_into
 
 # Compact the batch once this fraction of its rows has finished: copying the cache costs about as much as
 # a few decode steps, so compacting after every single finished row would cost more than it saves.
@@ -131,12 +134,9 @@ class HFRolloutEngine:
         self.fast_path = fast_path
         self._fused = None  # (parameter versions, fused layer weights) of the fast path
 
-    def update_weights(self, weights) -> None:
-        """A model: sample from it from now on. A state dict: load it into the held model."""
-        if isinstance(weights, torch.nn.Module):
-            self.model, self._fused = weights, None
-        else:
-            self.model.load_state_dict(weights, strict=False)
+    def update_weights(self, weights: WeightStream) -> None:
+        """Copy ``(name, tensor)`` pairs into the model the engine samples from (see the module docstring)."""
+        copy_weights_into(self.model, weights)
 
     def uses_fast_path(self) -> bool:
         return self.fast_path is not False and supports_fast_path(self.model)
@@ -208,3 +208,6 @@ class HFRolloutEngine:
             prompt_index=torch.arange(num_prompts, device=tokens.device).repeat_interleave(n),
             pad_token_id=self.pad_token_id,
         )
+
+
+register_rollout_engine("hf", lambda: HFRolloutEngine)

@@ -1,9 +1,13 @@
 """A vLLM rollout engine for GPUs (optional: ``pip install 'sapo-rl[vllm]'``; vLLM is imported lazily).
 
 vLLM runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) next to the trainer's model on the same
-GPU, with ``tensor_parallel_size=1``. After each optimizer step the trainer calls `update_weights` with the
-model (or its state dict); the tensors are copied in place into vLLM's model through its
-``load_weights`` (which handles the fused qkv / gate-up layout), so no checkpoint is written.
+GPU, with ``tensor_parallel_size=1``. After each optimizer step the trainer calls `update_weights` with a
+stream of ``(name, tensor)`` pairs in Hugging Face checkpoint names (`sapo.rollout.weights`); they go to
+vLLM's ``reload_weights`` through ``collective_rpc`` with ``is_checkpoint_format=True`` (vLLM repacks them
+into its fused qkv / gate-up layout), then the prefix cache is reset, so no checkpoint is written.
+
+Its config keys (``gpu_memory_utilization``, ``enforce_eager``, and ``trainer.seed``) and their checks are
+registered below with the engine (`sapo.rollout.registry`).
 
 Log-probs: vLLM is asked for ``logprobs=0`` (the sampled token's log-prob) with
 ``logprobs_mode="processed_logprobs"``: the log-prob after temperature scaling, which with top-k off and
@@ -22,6 +26,8 @@ import torch
 
 from sapo.errors import UserError
 from sapo.rollout.base import RolloutBatch, SamplingParams, check_prompts, left_pad
+from sapo.rollout.registry import register_rollout_engine
+from sapo.rollout.weights import WeightStream, check_is_stream
 
 
 def _import_vllm():
@@ -78,19 +84,13 @@ class VLLMRolloutEngine:
         )
         self._vllm = vllm
 
-    def _vllm_model(self):
-        try:
-            return self.llm.llm_engine.model_executor.driver_worker.worker.model_runner.model
-        except AttributeError as exc:
-            raise UserError(
-                "cannot reach vLLM's model for an in-place weight update (this vLLM version lays out its "
-                "engine differently, or runs it in a subprocess): keep VLLM_ENABLE_V1_MULTIPROCESSING=0"
-            ) from exc
-
-    def update_weights(self, weights) -> None:
-        """Copy a model's (or a state dict's) tensors into vLLM's model, in place."""
-        state = weights.state_dict() if isinstance(weights, torch.nn.Module) else weights
-        self._vllm_model().load_weights(weights=((name, tensor.detach()) for name, tensor in state.items()))
+    def update_weights(self, weights: WeightStream) -> None:
+        """Load ``(name, tensor)`` pairs into vLLM's model and drop the KV of cached prompts."""
+        check_is_stream(weights)
+        pairs = [(name, tensor.detach()) for name, tensor in weights]  # references, not copies
+        self.llm.collective_rpc(
+            "reload_weights", kwargs={"weights_iterator": iter(pairs), "is_checkpoint_format": True}
+        )
         self.llm.reset_prefix_cache()  # cached prompt KV was computed with the old weights
 
     def _vllm_sampling(self, sampling: SamplingParams):
@@ -140,3 +140,25 @@ class VLLMRolloutEngine:
             prompt_index=torch.arange(len(prompts)).repeat_interleave(n),
             pad_token_id=self.pad_token_id,
         )
+
+
+def _check_settings(settings: dict) -> list[str]:
+    fraction = settings.get("gpu_memory_utilization")
+    if fraction is not None and not 0 < fraction <= 1:
+        return [
+            f"actor_rollout_ref.rollout.gpu_memory_utilization={fraction} must be in (0, 1]: it is the "
+            "fraction of GPU memory vLLM may take, e.g. 0.5 next to the trainer's model"
+        ]
+    return []
+
+
+register_rollout_engine(
+    "vllm",
+    lambda: VLLMRolloutEngine,
+    settings={
+        "gpu_memory_utilization": "actor_rollout_ref.rollout.gpu_memory_utilization",
+        "enforce_eager": "actor_rollout_ref.rollout.enforce_eager",
+        "seed": "trainer.seed",
+    },
+    check=_check_settings,
+)

@@ -1,25 +1,23 @@
 """The value model for ``algorithm.adv_estimator=gae``: a causal LM's backbone with a scalar head.
 
 ``V(s_t)`` for response token ``t`` is read at the position that predicts it (``P + t - 1``), the same
-alignment as the token log-probs. Its loss is PPO's clipped value loss (Schulman et al., arXiv 1707.06347;
-verl's ``compute_value_loss``)::
-
-    v_clipped = old_v + clamp(v - old_v, -cliprange_value, cliprange_value)
-    loss_t    = 0.5 * max((v - R)^2, (v_clipped - R)^2)
-
-aggregated over response tokens with the critic's ``loss_agg_mode`` (token-mean by default).
+alignment as the token log-probs. Its loss is PPO's clipped value loss
+(:func:`sapo.core.value_loss.clipped_value_loss`), optimised by the same loop as the actor's
+(:mod:`sapo.trainer.ppo_update`), aggregated with the critic's ``loss_agg_mode`` (token-mean by default).
 """
 
 from __future__ import annotations
 
-from collections import defaultdict
+from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import nn
 
 from sapo.batch import Batch
-from sapo.core.aggregation import aggregate_loss
+from sapo.core.value_loss import clipped_value_loss
 from sapo.models.logprobs import position_ids_from_mask
+from sapo.trainer.ppo_update import UpdateSchedule, ppo_update
 
 
 class ValueModel(nn.Module):
@@ -58,53 +56,35 @@ def compute_values(
     return out * batch.response_mask  # [N, R]
 
 
-def value_loss(values, old_values, returns, mask, *, cliprange_value: float, loss_agg_mode: str, **counts):
-    """The clipped value loss (module docstring) and its clip fraction."""
-    clipped = old_values + (values - old_values).clamp(-cliprange_value, cliprange_value)  # [B, R]
-    loss_unclipped = (values - returns) ** 2  # [B, R]
-    loss_clipped = (clipped - returns) ** 2  # [B, R]
-    loss_mat = 0.5 * torch.maximum(loss_unclipped, loss_clipped)  # [B, R]
-    loss = aggregate_loss(loss_mat, mask, loss_agg_mode, **counts)
-    clip_frac = ((loss_clipped > loss_unclipped).float() * mask).sum() / mask.sum().clamp(min=1)
-    return loss, float(clip_frac)
+@dataclass(frozen=True)
+class CriticUpdateSettings:
+    """From ``critic.*`` as resolved (no defaults: see trainer.settings)."""
+
+    schedule: UpdateSchedule
+    cliprange_value: float
+    loss_agg_mode: str
 
 
-def update_critic(critic, optimizer, batch: Batch, settings, generator: torch.Generator) -> dict[str, float]:
-    """Epochs over mini-batches, micro-batch accumulation and gradient clipping, as the actor's update."""
-    critic.train()
-    history: dict[str, list[float]] = defaultdict(list)
-    for _ in range(settings.ppo_epochs):
-        n = batch.num_sequences
-        order = torch.randperm(n, generator=generator) if settings.shuffle else torch.arange(n)
-        for rows in order.split(settings.mini_batch_size):
-            mini = batch.select(rows)
-            optimizer.zero_grad(set_to_none=True)
-            counts = {
-                "global_num_tokens": float(mini.response_mask.sum()),
-                "global_num_seqs": float(len(rows)),
-            }
-            loss_total, clip_weighted = 0.0, 0.0
-            for _, micro in mini.micro_batches(settings.micro_batch_size, settings.max_token_len):
-                micro = micro.trimmed()
-                values = critic(micro.input_ids, micro.attention_mask, micro.response_length)  # [n, r]
-                loss, clip_frac = value_loss(
-                    values,
-                    micro.values,
-                    micro.returns,
-                    micro.response_mask,
-                    cliprange_value=settings.cliprange_value,
-                    loss_agg_mode=settings.loss_agg_mode,
-                    **counts,
-                )
-                loss.backward()
-                loss_total += float(loss)
-                clip_weighted += (
-                    clip_frac * float(micro.response_mask.sum()) / max(counts["global_num_tokens"], 1)
-                )
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(critic.parameters(), settings.grad_clip))
-            if torch.isfinite(torch.tensor(grad_norm)):
-                optimizer.step()
-            history["critic/vf_loss"].append(loss_total)
-            history["critic/vf_clipfrac"].append(clip_weighted)
-            history["critic/grad_norm"].append(grad_norm)
-    return {name: sum(v) / len(v) for name, v in history.items()}
+def update_critic(
+    critic: ValueModel, optimizer, batch: Batch, settings: CriticUpdateSettings, generator: torch.Generator
+) -> dict[str, float]:
+    """Every epoch and mini-batch of one rollout; ``critic/vf_loss``, ``critic/vf_clipfrac`` (token-weighted
+    over the mini-batch) and ``critic/grad_norm``, averaged over optimizer steps."""
+    micro_loss = partial(value_micro_loss, settings=settings)
+    return ppo_update(critic, optimizer, batch, settings.schedule, generator, micro_loss, prefix="critic")
+
+
+def value_micro_loss(critic, micro: Batch, counts: dict, *, settings: CriticUpdateSettings):
+    values = critic(micro.input_ids, micro.attention_mask, micro.response_length)  # [n, r]
+    loss, clip_frac = clipped_value_loss(
+        values,
+        micro.values,
+        micro.returns,
+        micro.response_mask,
+        cliprange_value=settings.cliprange_value,
+        loss_agg_mode=settings.loss_agg_mode,
+        **counts,
+    )
+    weight = float(micro.response_mask.sum()) / max(counts["global_num_tokens"], 1)  # share of the tokens
+    terms = {"critic/vf_loss": loss.item(), "critic/vf_clipfrac": clip_frac * weight}
+    return loss, {}, terms

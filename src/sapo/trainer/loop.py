@@ -26,6 +26,7 @@ from sapo.config import Config
 from sapo.core.advantages import compute_advantages
 from sapo.core.diagnostics import rollout_mismatch_metrics
 from sapo.core.kl import kl_penalty
+from sapo.rollout.weights import weight_stream
 from sapo.run_dir import HF_MODEL_DIR
 from sapo.trainer import checkpoint as ckpt
 from sapo.trainer.actor import needs_old_log_prob, update_actor
@@ -93,21 +94,22 @@ def training_step(run: TrainingRun) -> dict[str, float]:
     with _timer(timing, "gen"):
         scored = generate_and_score(run.engine, run.tokenizer, run.reward, items, run.sampling)
     batch = scored.batch
+    temperature = run.actor.loss.temperature  # log-probs of logits / the rollout temperature
     with _timer(timing, "old_log_prob"):
-        if needs_old_log_prob(batch.num_sequences, run.actor) or run.kl_ctrl is not None:
+        if needs_old_log_prob(batch.num_sequences, run.actor.schedule) or run.kl_ctrl is not None:
             batch.old_log_prob = compute_log_probs(
-                run.policy, batch, run.log_prob_micro, run.actor.temperature, run.log_prob_max_tokens
+                run.policy, batch, run.log_prob_micro, temperature, run.log_prob_max_tokens
             )
     if run.reference is not None:
         with _timer(timing, "ref"):
             batch.ref_log_prob = compute_log_probs(
-                run.reference, batch, run.ref_log_prob_micro, run.actor.temperature, run.log_prob_max_tokens
+                run.reference, batch, run.ref_log_prob_micro, temperature, run.log_prob_max_tokens
             )
     if run.critic is not None:
         with _timer(timing, "values"):
-            settings = run.critic_settings
+            schedule = run.critic_settings.schedule
             batch.values = compute_values(
-                run.critic, batch, settings.micro_batch_size, settings.max_token_len
+                run.critic, batch, schedule.micro_batch_size, schedule.max_token_len
             )
     with _timer(timing, "adv"):
         reward_metrics = _rewards_and_advantages(run, batch)
@@ -123,7 +125,7 @@ def training_step(run: TrainingRun) -> dict[str, float]:
     run.scheduler.step()
     if run.critic_scheduler is not None:
         run.critic_scheduler.step()
-    run.engine.update_weights(run.policy)
+    run.engine.update_weights(weight_stream(run.policy))
     run.global_step += 1
     timing["step"] = time.perf_counter() - start
     metrics = {**batch_metrics(batch, timing), **reward_metrics, **critic_metrics, **actor_metrics}
@@ -167,15 +169,13 @@ def _rewards_and_advantages(run: TrainingRun, batch) -> dict[str, float]:
         metrics["actor/reward_kl_penalty_coeff"] = run.kl_ctrl.value
         # n_steps counts sequences (prompts x rollout.n): verl's apply_kl_penalty passes the batch's size
         run.kl_ctrl.update(float(seq_kl), n_steps=batch.num_sequences)
-    extra = dict(run.estimator_kwargs)
-    if "values" in extra:
-        extra["values"] = batch.values
     batch.advantages, batch.returns = compute_advantages(
         run.config.algorithm.adv_estimator,
         token_level_rewards=batch.token_level_rewards,
         response_mask=batch.response_mask,
         index=batch.group_index,
-        **extra,
+        values=batch.values,  # None without a critic; estimators that take no values ignore it
+        **run.estimator_kwargs,
     )
     return metrics
 

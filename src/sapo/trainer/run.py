@@ -8,6 +8,7 @@ quantities, and resumes from a checkpoint as ``trainer.resume_mode`` says.
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,18 +16,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sapo.config import Config, derived_quantities, validate
+from sapo.config import Config, derived_quantities, resolve_config, validate
+from sapo.config.components import engine_settings
 from sapo.config.render import record_startup
-from sapo.config.validate import effective_loss_agg_mode, training_schedule
-from sapo.core.advantages import ADVANTAGE_ESTIMATORS, get_advantage_estimator
-from sapo.core.kl import KL_ESTIMATORS, AdaptiveKLController, FixedKLController
-from sapo.core.losses import POLICY_LOSSES, policy_loss_kwargs
+from sapo.config.validate import check_single_process, training_schedule
+from sapo.core.kl import AdaptiveKLController, FixedKLController
 from sapo.data.sampler import ResumableSampler
+from sapo.errors import ConfigError
 from sapo.optim import AdamW
 from sapo.rollout import make_rollout_engine
 from sapo.rollout.base import SamplingParams
+from sapo.rollout.weights import weight_stream
 from sapo.trainer import checkpoint as ckpt
+from sapo.trainer import settings
 from sapo.trainer.actor import ActorUpdateSettings
+from sapo.trainer.critic import CriticUpdateSettings
 from sapo.trainer.logging import MetricsLogger
 from sapo.trainer.setup import (
     build_dataset,
@@ -38,18 +42,6 @@ from sapo.trainer.setup import (
     run_dir_of,
 )
 from sapo.trainer.tokenizer_setup import apply_tokenizer_settings, tokenizer_dir
-
-
-@dataclass
-class CriticSettings:
-    ppo_epochs: int
-    mini_batch_size: int
-    micro_batch_size: int
-    shuffle: bool
-    cliprange_value: float
-    loss_agg_mode: str
-    grad_clip: float
-    max_token_len: int | None = None  # use_dynamic_bsz: token budget of a micro-batch
 
 
 @dataclass
@@ -81,7 +73,7 @@ class TrainingRun:
     critic: torch.nn.Module | None = None
     critic_optimizer: AdamW | None = None
     critic_scheduler: object | None = None
-    critic_settings: CriticSettings | None = None
+    critic_settings: CriticUpdateSettings | None = None
     global_step: int = 0
     warm_start: dict | None = None
     derived: dict = field(default_factory=dict)
@@ -116,14 +108,19 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def launched_world_size() -> int:
+    """The process count a launcher (torchrun) announces in ``WORLD_SIZE``; 1 without one."""
+    text = os.environ.get("WORLD_SIZE", "1")
+    if not text.strip().isdigit():
+        raise ConfigError(f"WORLD_SIZE={text!r} is not a process count: unset it or launch with torchrun")
+    return int(text)
+
+
 def _check_and_seed(config: Config) -> None:
-    """Reject an impossible config before any compute; set threads and seeds."""
-    validate(
-        config,
-        valid_loss_modes=POLICY_LOSSES,
-        valid_estimators=ADVANTAGE_ESTIMATORS,
-        valid_kl_types=KL_ESTIMATORS,
-    )
+    """Resolve and reject an impossible config before any compute; set threads and seeds."""
+    resolve_config(config)  # idempotent: a config from load_config is resolved already
+    check_single_process(launched_world_size())
+    validate(config)
     if config.trainer.cpu_threads is not None:
         torch.set_num_threads(config.trainer.cpu_threads)
     seed_everything(config.trainer.seed)
@@ -153,8 +150,9 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
     optimizer, scheduler = build_optimizer_and_scheduler(
         models.policy.parameters(), actor_cfg.optim, total_steps
     )
-    response_length = rollout_cfg.response_length or data.max_response_length
-    actor = _actor_settings(config, rollout_cfg.n)
+    response_length = rollout_cfg.response_length
+    actor = settings.actor_settings(config)
+    log_prob_micro, ref_log_prob_micro = settings.log_prob_micro_batch_sizes(config)
     run = TrainingRun(
         config=config,
         run_dir=run_dir,
@@ -163,29 +161,24 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
         tokenizer=models.tokenizer,
         reference=models.reference,
         engine=make_rollout_engine(
-            rollout_cfg.name, models.policy, models.tokenizer, **_engine_kwargs(config)
+            rollout_cfg.name, models.policy, models.tokenizer, **engine_settings(config)
         ),
         reward=build_reward(config, response_length),
         train_set=train_set,
         val_set=val_set,
-        sampler=ResumableSampler(
-            len(train_set), shuffle=data.shuffle, seed=data.seed if data.seed is not None else trainer.seed
-        ),
+        sampler=ResumableSampler(len(train_set), shuffle=data.shuffle, seed=data.seed),
         optimizer=optimizer,
         scheduler=scheduler,
         actor=actor,
-        sampling=_train_sampling(config, response_length),
-        val_sampling=_val_sampling(config, response_length),
-        estimator_kwargs=_estimator_kwargs(config),
-        shuffle_generator=torch.Generator().manual_seed(
-            actor_cfg.data_loader_seed if actor_cfg.data_loader_seed is not None else trainer.seed
-        ),
+        sampling=settings.train_sampling(config),
+        val_sampling=settings.val_sampling(config),
+        estimator_kwargs=settings.estimator_kwargs(config),
+        shuffle_generator=torch.Generator().manual_seed(actor_cfg.data_loader_seed),
         logger=None,
         total_steps=total_steps,
-        log_prob_micro=rollout_cfg.log_prob_micro_batch_size_per_gpu or actor.micro_batch_size,
-        ref_log_prob_micro=config.actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu
-        or actor.micro_batch_size,
-        log_prob_max_tokens=actor.max_token_len,
+        log_prob_micro=log_prob_micro,
+        ref_log_prob_micro=ref_log_prob_micro,
+        log_prob_max_tokens=actor.schedule.max_token_len,
         warm_start=models.warm_start,
     )
     if use_kl_in_reward:
@@ -207,93 +200,6 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
     return run
 
 
-def _train_sampling(config: Config, response_length: int) -> SamplingParams:
-    rollout = config.actor_rollout_ref.rollout
-    return SamplingParams(
-        n=rollout.n,
-        temperature=rollout.temperature,
-        top_p=rollout.top_p,
-        top_k=rollout.top_k,
-        max_new_tokens=response_length,
-        do_sample=rollout.do_sample,
-    )
-
-
-def _actor_settings(config: Config, n: int) -> ActorUpdateSettings:
-    actor_cfg = config.actor_rollout_ref.actor
-    mini = actor_cfg.ppo_mini_batch_size * n
-    numbers = {
-        "tau_pos": actor_cfg.tau_pos,
-        "tau_neg": actor_cfg.tau_neg,
-        "clip_ratio": actor_cfg.clip_ratio,
-        "clip_ratio_low": actor_cfg.clip_ratio_low,
-        "clip_ratio_high": actor_cfg.clip_ratio_high,
-        "clip_ratio_c": actor_cfg.clip_ratio_c,
-        "clip_cov_ratio": actor_cfg.policy_loss.clip_cov_ratio,
-        "clip_cov_lb": actor_cfg.policy_loss.clip_cov_lb,
-        "clip_cov_ub": actor_cfg.policy_loss.clip_cov_ub,
-        "kl_cov_ratio": actor_cfg.policy_loss.kl_cov_ratio,
-        "ppo_kl_coef": actor_cfg.policy_loss.ppo_kl_coef,
-    }
-    loss_mode = actor_cfg.policy_loss.loss_mode
-    return ActorUpdateSettings(
-        loss_mode=loss_mode,
-        loss_agg_mode=effective_loss_agg_mode(config),
-        loss_kwargs=policy_loss_kwargs(loss_mode, **numbers),
-        ppo_epochs=actor_cfg.ppo_epochs,
-        mini_batch_size=mini,
-        micro_batch_size=actor_cfg.ppo_micro_batch_size_per_gpu or mini,
-        max_token_len=actor_cfg.ppo_max_token_len_per_gpu if actor_cfg.use_dynamic_bsz else None,
-        shuffle=actor_cfg.shuffle,
-        use_kl_loss=actor_cfg.use_kl_loss,
-        kl_loss_coef=actor_cfg.kl_loss_coef,
-        kl_loss_type=actor_cfg.kl_loss_type,
-        entropy_coeff=actor_cfg.entropy_coeff,
-        grad_clip=actor_cfg.optim.clip_grad if actor_cfg.optim.clip_grad is not None else actor_cfg.grad_clip,
-        temperature=config.actor_rollout_ref.rollout.temperature,
-        loss_scale_factor=actor_cfg.loss_scale_factor or config.data.max_response_length,
-    )
-
-
-def _engine_kwargs(config: Config) -> dict:
-    """The vllm engine's own settings (the hf engine has none)."""
-    rollout = config.actor_rollout_ref.rollout
-    if rollout.name != "vllm":
-        return {}
-    return {
-        "gpu_memory_utilization": rollout.gpu_memory_utilization,
-        "enforce_eager": rollout.enforce_eager,
-        "seed": config.trainer.seed,
-    }
-
-
-def _val_sampling(config: Config, response_length: int) -> SamplingParams:
-    val = config.actor_rollout_ref.rollout.val_kwargs
-    return SamplingParams(
-        n=val.n,
-        temperature=val.temperature,
-        top_p=val.top_p,
-        top_k=val.top_k,
-        max_new_tokens=response_length,
-        do_sample=val.do_sample,
-    )
-
-
-def _estimator_kwargs(config: Config) -> dict:
-    """The numbers of the configured advantage estimator that it takes (by its signature)."""
-    import inspect
-
-    algorithm = config.algorithm
-    available = {
-        "norm_adv_by_std_in_grpo": algorithm.norm_adv_by_std_in_grpo,
-        "gamma": algorithm.gamma,
-        "lam": algorithm.lam,
-        "values": None,  # filled per step from the critic
-    }
-    accepted = inspect.signature(get_advantage_estimator(algorithm.adv_estimator)).parameters
-    return {name: value for name, value in available.items() if name in accepted}
-
-
 def _kl_controller(config: Config):
     ctrl = config.algorithm.kl_ctrl
     if ctrl.type == "adaptive":
@@ -306,7 +212,7 @@ def _attach_critic(run: TrainingRun, models, total_steps: int) -> None:
     from sapo.trainer.critic import ValueModel
 
     config = run.config
-    critic_cfg, actor = config.critic, run.actor
+    critic_cfg = config.critic
     path = critic_cfg.model.path or models.path
     model_cfg = config.actor_rollout_ref.model
     base, _ = load_model_and_tokenizer(path, dtype=model_cfg.dtype, device=run.device, impl=model_cfg.impl)
@@ -316,21 +222,7 @@ def _attach_critic(run: TrainingRun, models, total_steps: int) -> None:
     run.critic_optimizer, run.critic_scheduler = build_optimizer_and_scheduler(
         run.critic.parameters(), critic_cfg.optim, total_steps
     )
-    n = config.actor_rollout_ref.rollout.n
-    mini = (critic_cfg.ppo_mini_batch_size or config.actor_rollout_ref.actor.ppo_mini_batch_size) * n
-    dynamic = critic_cfg.use_dynamic_bsz
-    if dynamic is None:
-        dynamic = config.actor_rollout_ref.actor.use_dynamic_bsz
-    run.critic_settings = CriticSettings(
-        ppo_epochs=critic_cfg.ppo_epochs or actor.ppo_epochs,
-        mini_batch_size=mini,
-        micro_batch_size=critic_cfg.ppo_micro_batch_size_per_gpu or actor.micro_batch_size,
-        shuffle=actor.shuffle if critic_cfg.shuffle is None else critic_cfg.shuffle,
-        cliprange_value=critic_cfg.cliprange_value,
-        loss_agg_mode=critic_cfg.loss_agg_mode or "token-mean",
-        grad_clip=critic_cfg.grad_clip,
-        max_token_len=critic_cfg.ppo_max_token_len_per_gpu if dynamic else None,
-    )
+    run.critic_settings = settings.critic_settings(config)
 
 
 def _resume(run: TrainingRun) -> Path | None:
@@ -345,7 +237,7 @@ def _resume(run: TrainingRun) -> Path | None:
             components["critic_scheduler"] = run.critic_scheduler
     state = ckpt.load_checkpoint(path, run.policy, run.optimizer, run.scheduler, components=components)
     run.load_extra_state(state)
-    run.engine.update_weights(run.policy)
+    run.engine.update_weights(weight_stream(run.policy))
     return path
 
 
