@@ -9,7 +9,7 @@ def test_defaults_are_the_documented_ones():
     actor = config.actor_rollout_ref.actor
     assert actor.policy_loss.loss_mode == "sapo"
     assert (actor.tau_pos, actor.tau_neg) == (1.0, 1.05)
-    assert actor.loss_agg_mode is None
+    assert actor.loss_agg_mode == "seq-mean-token-mean"  # resolved: sapo's registered default
     assert config.algorithm.adv_estimator == "grpo"
     assert config.critic.optim.lr == 1e-5 and actor.optim.lr == 1.5e-4
     # resolution fills "inherit" nulls
@@ -183,8 +183,9 @@ def test_interpolation_of_plain_references():
         ],
     )
     assert config.trainer.default_local_dir == "/runs/p/e"
-    with pytest.raises(ConfigError, match=r"cannot resolve \$\{oc.env:HOME\}"):
-        load_config(None, ["trainer.default_local_dir=${oc.env:HOME}/x"])
+    # resolvers are supported since interpolation goes through OmegaConf; an unknown one is an error
+    with pytest.raises(ConfigError, match=r"cannot resolve '\$\{nope:HOME\}/x'.*no resolver 'nope'"):
+        load_config(None, ["trainer.default_local_dir=${nope:HOME}/x"])
     with pytest.raises(ConfigError, match=r"cannot resolve \$\{trainer.nope\}"):
         load_config(None, ["trainer.default_local_dir=${trainer.nope}"])
 
