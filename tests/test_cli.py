@@ -19,3 +19,14 @@ def test_version_flag_runs_as_a_console_module():
     )
     assert proc.returncode == 0
     assert __version__ in proc.stdout
+
+
+def test_train_under_a_multi_process_launcher_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    # torchrun sets WORLD_SIZE; until multi-process training lands every rank would train a full copy
+    # into the same run directory, so the run stops with the reason, no traceback and no run directory.
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    run_dir = tmp_path / "run"
+    assert main(["train", f"trainer.default_local_dir={run_dir}"]) == 2
+    err = capsys.readouterr().err
+    assert "2 processes: sapo train runs as one process for now" in err and "Traceback" not in err
+    assert not run_dir.exists()

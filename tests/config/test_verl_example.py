@@ -14,6 +14,7 @@ import subprocess
 import pytest
 
 from sapo.config import derived_quantities, find_ignored, is_supported_key, load_config, validate
+from sapo.errors import ConfigError
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash to expand the script")
 
@@ -205,8 +206,26 @@ def classify(args: list[str]) -> tuple[list[str], list[str]]:
     return supported, ignored
 
 
+PARALLEL_KEYS = (
+    "trainer.n_gpus_per_node",
+    "trainer.nnodes",
+    "actor_rollout_ref.rollout.tensor_model_parallel_size",
+)
+
+
+def one_process(args: list[str]) -> list[str]:
+    """The same command line with its process counts and parallel sizes at 1 (all that runs today)."""
+    return [f"{arg.split('=', 1)[0]}=1" if arg.split("=", 1)[0] in PARALLEL_KEYS else arg for arg in args]
+
+
+def test_multi_gpu_example_is_refused_by_name_until_distributed_training_lands():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, expand(FSDP_SCRIPT))
+    assert "trainer.n_gpus_per_node='8'" in str(err.value) and "accepts it only as 1" in str(err.value)
+
+
 def test_fsdp_example_loads_with_every_key_supported_or_ignored():
-    args = expand(FSDP_SCRIPT)
+    args = one_process(expand(FSDP_SCRIPT))
     assert len(args) == 9 + 3 + 12 + 6 + 4 + 11  # DATA, MODEL, ACTOR, ROLLOUT, REF, TRAINER arrays
     config = load_config(None, args)
     actor = config.actor_rollout_ref.actor
@@ -226,7 +245,8 @@ def test_fsdp_example_loads_with_every_key_supported_or_ignored():
     assert sorted(k for k, _, _ in config.provenance.ignored) == sorted(ignored)
     assert "actor_rollout_ref.rollout.tensor_model_parallel_size" in ignored
     assert "actor_rollout_ref.actor.tau_pos" in supported
-    # 8 GPUs, as the script's trainer.n_gpus_per_node says: 64 prompts x 16 = 1024 sequences / 8 = 128
+    # the per-process arithmetic for 8 GPUs, as the script's trainer.n_gpus_per_node says (what the
+    # distributed trainer will check): 64 prompts x 16 = 1024 sequences / 8 = 128
     validate(config, world_size=8)
     derived = derived_quantities(config, world_size=8)
     assert derived["mini_batches_per_step"] == 256 // 64 == 4
@@ -235,7 +255,7 @@ def test_fsdp_example_loads_with_every_key_supported_or_ignored():
 
 
 def test_npu_example_loads_and_validates():
-    args = expand(NPU_SCRIPT)
+    args = one_process(expand(NPU_SCRIPT))
     config = load_config(None, args)
     assert config.trainer.default_local_dir == "/home/user/verl/ckpts/SAPO-Qwen3/SAPO-Qwen3-8B-npu"
     assert config.actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu == 32

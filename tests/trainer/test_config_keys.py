@@ -203,9 +203,11 @@ def test_dapo_manager_applies_the_overlong_penalty_only_when_enabled():
                 "reward_model.reward_manager=dapo",
                 f"reward_model.overlong_buffer.enable={str(enable).lower()}",
                 "reward_model.overlong_buffer.len=3",
+                "data.max_response_length=6",  # overlong_buffer.max_resp_len null: this length
             ],
         )
-        assert build_reward(config, 6)([sample]).scores == [expected]
+        assert config.reward_model.overlong_buffer.max_resp_len == 6
+        assert build_reward(config)([sample]).scores == [expected]
 
 
 def test_vllm_engine_settings_reach_the_engine():

@@ -218,7 +218,7 @@ def test_reward_keys_reach_the_reward_manager(tmp_path):
             "reward_model.overlong_buffer.max_resp_len=10",
         ],
     )
-    manager = build_reward(config, 16)
+    manager = build_reward(config)
     assert manager.on_error == "zero"
     # max_resp_len 10 (not the 16 passed in), buffer 4, factor 2: a 9-token response is 9 - 6 = 3 tokens
     # into the buffer: 0.25 + min(0, -3 / 4 x 2) = 0.25 - 1.5.
@@ -269,7 +269,7 @@ def test_builtin_run_keys_reach_the_warm_start_and_task(tmp_path, monkeypatch):
 
 
 def test_reward_timeout_reaches_the_manager():
-    manager = build_reward(load_config(None, ["reward_model.timeout_s=5"]), 16)
+    manager = build_reward(load_config(None, ["reward_model.timeout_s=5"]))
     try:
         assert manager.timeout_s == 5.0
     finally:

@@ -62,6 +62,9 @@ def resolve_config(config: Config) -> Config:
             setattr(critic, name, getattr(actor, name))
     if critic.model.path is None:
         critic.model.path = arr.model.path
+    buffer = config.reward_model.overlong_buffer
+    if buffer.max_resp_len is None:
+        buffer.max_resp_len = data.max_response_length
     if critic.loss_agg_mode is None:
         critic.loss_agg_mode = "token-mean"
     return config

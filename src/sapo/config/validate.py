@@ -9,10 +9,12 @@ registries (:mod:`sapo.config.components`), so ``sapo config`` and ``sapo train`
 
 from __future__ import annotations
 
+import copy
 import math
 from typing import Any
 
 from sapo.config.components import component_problems
+from sapo.config.resolve import resolve_config
 from sapo.config.schema import Config
 from sapo.config.value_checks import unsupported_value_problems
 from sapo.core.loss_registry import default_loss_agg_mode
@@ -39,7 +41,9 @@ def effective_loss_agg_mode(config: Config) -> str:
 
 
 def validate(config: Config, *, world_size: int = 1) -> None:
-    """Raise one ConfigError listing every problem, each with the arithmetic and the fix."""
+    """Raise one ConfigError listing every problem, each with the arithmetic and the fix. Checks the
+    config as resolved (a copy is resolved here; ``load_config`` returns resolved configs already)."""
+    config = resolve_config(copy.deepcopy(config))
     problems: list[str] = []
     problems += _batch_problems(config, world_size)
     problems += component_problems(config)
@@ -144,7 +148,7 @@ def _algorithm_problems(config: Config) -> list[str]:
             "reward_model.overlong_buffer.enable=true is applied by the dapo reward manager; set "
             "reward_model.reward_manager=dapo"
         )
-    max_len = buffer.max_resp_len or config.data.max_response_length
+    max_len = buffer.max_resp_len
     if buffer.enable and not 0 < buffer.len <= max_len:
         out.append(f"reward_model.overlong_buffer.len={buffer.len} must be in 1..{max_len} (max_resp_len)")
     return out
@@ -267,7 +271,7 @@ def _none_or_at_least(value: int | None, low: int) -> bool:
 def _token_budget_problems(config: Config) -> list[str]:
     """With use_dynamic_bsz one micro-batch must hold at least one whole sequence."""
     data, rollout = config.data, config.actor_rollout_ref.rollout
-    longest = data.max_prompt_length + (rollout.response_length or data.max_response_length)
+    longest = data.max_prompt_length + rollout.response_length
     out = []
     for prefix, section in (
         ("actor_rollout_ref.actor", config.actor_rollout_ref.actor),
@@ -310,7 +314,7 @@ def derived_quantities(
         "loss_agg_mode_source": "user"
         if "actor_rollout_ref.actor.loss_agg_mode" in config.provenance.explicit
         else "loss default",
-        "max_sequence_length": data.max_prompt_length + (rollout.response_length or data.max_response_length),
+        "max_sequence_length": data.max_prompt_length + rollout.response_length,
         "uses_reference_policy": actor.use_kl_loss or config.algorithm.use_kl_in_reward,
         "uses_critic": bool(config.critic.enable),
         "validation_samples_per_prompt": rollout.val_kwargs.n,

@@ -63,7 +63,10 @@ def _normalise(value: Any) -> Any:
     return value
 
 
-_PARALLEL = "parallelism/sharding of verl's engines; sapo shards with FSDP2 over the torchrun world"
+# sapo trains in one process today (multi-process training is open work): a parallel size other than 1
+# would be silently ignored, so only 1 is accepted.
+_PARALLEL = "parallelism of verl's engines; sapo runs one process with one engine, so only 1 is accepted"
+_ONE_PROCESS = "sapo train runs as one process for now (multi-process training is not implemented yet)"
 _ENGINE = "tunes the inference engine's memory/scheduling, not what is generated"
 _MICRO = "forward-only batching; sapo uses ppo_micro_batch_size_per_gpu / ppo_max_token_len_per_gpu"
 _KERNEL = "kernel/compile choice; the computed values are the same"
@@ -82,8 +85,8 @@ IGNORED_KEYS: tuple[IgnoredKey, ...] = (
     IgnoredKey("critic.megatron.*", _PARALLEL),
     IgnoredKey("actor_rollout_ref.*.strategy", _PARALLEL),
     IgnoredKey("critic.strategy", _PARALLEL),
-    IgnoredKey("actor_rollout_ref.*.ulysses_sequence_parallel_size", _PARALLEL),
-    IgnoredKey("critic.ulysses_sequence_parallel_size", _PARALLEL),
+    IgnoredKey("actor_rollout_ref.*.ulysses_sequence_parallel_size", _PARALLEL, (1,)),
+    IgnoredKey("critic.ulysses_sequence_parallel_size", _PARALLEL, (1,)),
     IgnoredKey("actor_rollout_ref.*.use_torch_compile", _KERNEL),
     IgnoredKey("actor_rollout_ref.*.entropy_from_logits_with_chunking", _KERNEL),
     IgnoredKey("actor_rollout_ref.*.entropy_from_logits_chunk_size", _KERNEL),
@@ -136,12 +139,12 @@ IGNORED_KEYS: tuple[IgnoredKey, ...] = (
     IgnoredKey("actor_rollout_ref.actor.use_fused_kernels", _KERNEL),
     # --- rollout engine
     IgnoredKey("actor_rollout_ref.rollout.mode", "sync/async engine driving; same samples"),
-    IgnoredKey("actor_rollout_ref.rollout.tensor_model_parallel_size", _PARALLEL),
-    IgnoredKey("actor_rollout_ref.rollout.data_parallel_size", _PARALLEL),
-    IgnoredKey("actor_rollout_ref.rollout.expert_parallel_size", _PARALLEL),
-    IgnoredKey("actor_rollout_ref.rollout.pipeline_model_parallel_size", _PARALLEL),
-    IgnoredKey("actor_rollout_ref.rollout.nnodes", _PARALLEL),
-    IgnoredKey("actor_rollout_ref.rollout.n_gpus_per_node", _PARALLEL),
+    IgnoredKey("actor_rollout_ref.rollout.tensor_model_parallel_size", _PARALLEL, (1,)),
+    IgnoredKey("actor_rollout_ref.rollout.data_parallel_size", _PARALLEL, (1,)),
+    IgnoredKey("actor_rollout_ref.rollout.expert_parallel_size", _PARALLEL, (1,)),
+    IgnoredKey("actor_rollout_ref.rollout.pipeline_model_parallel_size", _PARALLEL, (1,)),
+    IgnoredKey("actor_rollout_ref.rollout.nnodes", _PARALLEL, (1,)),
+    IgnoredKey("actor_rollout_ref.rollout.n_gpus_per_node", _PARALLEL, (1,)),
     IgnoredKey("actor_rollout_ref.rollout.dtype", "generation runs in model.dtype"),
     IgnoredKey("actor_rollout_ref.rollout.free_cache_engine", _ENGINE),
     IgnoredKey("actor_rollout_ref.rollout.max_num_batched_tokens", _ENGINE),
@@ -195,8 +198,8 @@ IGNORED_KEYS: tuple[IgnoredKey, ...] = (
     IgnoredKey("reward_model.launch_reward_fn_async", "scoring runs in the trainer process"),
     IgnoredKey("trainer.critic_warmup", "actor updates start at step 1", (0,)),
     # --- trainer infrastructure
-    IgnoredKey("trainer.nnodes", "process count comes from the launcher (torchrun)"),
-    IgnoredKey("trainer.n_gpus_per_node", "process count comes from the launcher (torchrun)"),
+    IgnoredKey("trainer.nnodes", _ONE_PROCESS, (1,)),
+    IgnoredKey("trainer.n_gpus_per_node", _ONE_PROCESS, (1,)),
     IgnoredKey(
         "trainer.balance_batch",
         "reorders sequences across ranks for load balance; the mini-batch gradient is unchanged",

@@ -201,9 +201,7 @@ def validate(run: TrainingRun) -> dict[str, float]:
         batch_size=data.val_batch_size,
         step=run.global_step,
         records=records,
-        shuffle_seed=(data.seed if data.seed is not None else trainer.seed)
-        if data.validation_shuffle
-        else None,
+        shuffle_seed=data.seed if data.validation_shuffle else None,
     )
     if trainer.validation_data_dir:
         dump_generations(trainer.validation_data_dir, run.global_step, records)

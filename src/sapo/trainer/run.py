@@ -150,7 +150,6 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
     optimizer, scheduler = build_optimizer_and_scheduler(
         models.policy.parameters(), actor_cfg.optim, total_steps
     )
-    response_length = rollout_cfg.response_length
     actor = settings.actor_settings(config)
     log_prob_micro, ref_log_prob_micro = settings.log_prob_micro_batch_sizes(config)
     run = TrainingRun(
@@ -163,7 +162,7 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
         engine=make_rollout_engine(
             rollout_cfg.name, models.policy, models.tokenizer, **engine_settings(config)
         ),
-        reward=build_reward(config, response_length),
+        reward=build_reward(config),
         train_set=train_set,
         val_set=val_set,
         sampler=ResumableSampler(len(train_set), shuffle=data.shuffle, seed=data.seed),

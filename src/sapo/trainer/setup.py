@@ -52,9 +52,9 @@ def resolve_device(name: str) -> torch.device:
 
 
 def task_seed(config: Config) -> int:
-    """The seed of the built-in task's problems and warm start: ``sapo.task.seed``, else ``trainer.seed``."""
-    seed = config.sapo.task.seed
-    return config.trainer.seed if seed is None else seed
+    """The seed of the built-in task's problems and warm start (``sapo.task.seed``, resolved: null there
+    means ``trainer.seed``)."""
+    return config.sapo.task.seed
 
 
 def policy_model_path(config: Config) -> tuple[Path, dict | None]:
@@ -159,7 +159,7 @@ def build_dataset(files: list[str], tokenizer, config: Config, max_samples: int)
     )
 
 
-def build_reward(config: Config, max_response_length: int):
+def build_reward(config: Config):
     """The reward manager with the user's scoring function (or the built-in dispatch by data_source)."""
     custom = config.custom_reward_function
     compute_score = load_custom_reward_function(custom.path, custom.name) if custom.path else None
@@ -170,7 +170,7 @@ def build_reward(config: Config, max_response_length: int):
         kwargs.update(  # enable=false: no penalty, whatever len says (verl's DAPO manager)
             overlong_buffer_len=buffer.len if buffer.enable else 0,
             overlong_penalty_factor=buffer.penalty_factor,
-            max_response_length=buffer.max_resp_len or max_response_length,
+            max_response_length=buffer.max_resp_len,  # resolved: null means data.max_response_length
         )
     return build_reward_manager(reward.reward_manager, compute_score, **kwargs)
 
