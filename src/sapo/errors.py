@@ -22,3 +22,9 @@ class DataError(UserError):
 
 class RewardError(UserError):
     """A reward function that raised, returned a non-number or NaN, or timed out."""
+
+
+def unknown_name(kind: str, name: str, key: str, valid) -> ConfigError:
+    """The error for a name no registry holds, e.g. ``unknown policy loss 'sapoo': set
+    actor_rollout_ref.actor.policy_loss.loss_mode to one of ...``."""
+    return ConfigError(f"unknown {kind} {name!r}: set {key} to one of {', '.join(sorted(valid))}")

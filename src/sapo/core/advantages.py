@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from sapo.core.masked import as_bool_mask, masked_whiten, masked_zero
-from sapo.errors import ConfigError, UserError
+from sapo.errors import UserError, unknown_name
 
 AdvantageEstimator = Callable[..., tuple[torch.Tensor, torch.Tensor]]
 # Keyword arguments the trainer supplies from the batch, not from the config.
@@ -67,9 +67,8 @@ def register_advantage_estimator(
 def advantage_estimator_entry(name: str) -> AdvantageEstimatorEntry:
     """The entry registered as ``name``; a ConfigError listing the valid names otherwise."""
     if name not in ADVANTAGE_ESTIMATOR_ENTRIES:
-        raise ConfigError(
-            f"unknown advantage estimator {name!r}: set algorithm.adv_estimator to one of "
-            f"{', '.join(sorted(ADVANTAGE_ESTIMATOR_ENTRIES))}"
+        raise unknown_name(
+            "advantage estimator", name, "algorithm.adv_estimator", ADVANTAGE_ESTIMATOR_ENTRIES
         )
     return ADVANTAGE_ESTIMATOR_ENTRIES[name]
 

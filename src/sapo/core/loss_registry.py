@@ -28,7 +28,7 @@ import torch
 
 from sapo.core.aggregation import aggregate_loss, check_loss_agg_mode
 from sapo.core.masked import as_bool_mask, masked_zero
-from sapo.errors import ConfigError, UserError
+from sapo.errors import ConfigError, UserError, unknown_name
 
 PolicyLoss = Callable[..., tuple[torch.Tensor, dict[str, float]]]
 
@@ -80,9 +80,8 @@ def register_policy_loss(
 def policy_loss_entry(name: str) -> PolicyLossEntry:
     """The entry registered as ``name``; a ConfigError listing the valid names otherwise."""
     if name not in POLICY_LOSS_ENTRIES:
-        raise ConfigError(
-            f"unknown policy loss {name!r}: set actor_rollout_ref.actor.policy_loss.loss_mode to one of "
-            f"{', '.join(sorted(POLICY_LOSS_ENTRIES))}"
+        raise unknown_name(
+            "policy loss", name, "actor_rollout_ref.actor.policy_loss.loss_mode", POLICY_LOSS_ENTRIES
         )
     return POLICY_LOSS_ENTRIES[name]
 

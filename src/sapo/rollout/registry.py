@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from sapo.errors import UserError
+from sapo.errors import unknown_name
 
 
 @dataclass(frozen=True)
@@ -39,10 +39,7 @@ def register_rollout_engine(
 
 def rollout_engine_entry(name: str) -> RolloutEngineEntry:
     if name not in ROLLOUT_ENGINES:
-        raise UserError(
-            f"unknown rollout engine {name!r}: set actor_rollout_ref.rollout.name to one of "
-            f"{', '.join(sorted(ROLLOUT_ENGINES))}"
-        )
+        raise unknown_name("rollout engine", name, "actor_rollout_ref.rollout.name", ROLLOUT_ENGINES)
     return ROLLOUT_ENGINES[name]
 
 
