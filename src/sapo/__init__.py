@@ -2,8 +2,8 @@
 
 Layers (each imports only from those above it; a test checks it): ``sapo.errors``, ``sapo.run_dir``,
 ``sapo.core`` (torch-only algorithm), ``sapo.optim``, ``sapo.batch``, ``sapo.models``, ``sapo.rollout``,
-``sapo.data``, ``sapo.rewards``, ``sapo.demo`` (the built-in default's warm start), ``sapo.trainer``,
-``sapo.config``, ``sapo.cli``. Training runs in one process; there is no distributed layer yet. See
+``sapo.data``, ``sapo.rewards``, ``sapo.demo`` (the built-in default's warm start), ``sapo.config``,
+``sapo.trainer``, ``sapo.cli``. Training runs in one process; there is no distributed layer yet. See
 docs/ and the project's DESIGN.md.
 """
 

@@ -178,3 +178,59 @@ def test_the_vllm_engine_validates_its_own_keys():
         validate(bad)
     # the hf engine takes no config keys, so the same value does not concern it
     validate(load_config(None, ["actor_rollout_ref.rollout.gpu_memory_utilization=1.5"]))
+
+
+@pytest.fixture
+def value_estimator():
+    @register_advantage_estimator("test_value_baseline", needs_values=True)
+    def value_baseline(*, token_level_rewards, response_mask, values=None):
+        advantages = (token_level_rewards - values) * response_mask  # [B, T]
+        return advantages, token_level_rewards
+
+    yield "test_value_baseline"
+    del ADVANTAGE_ESTIMATORS["test_value_baseline"], ADVANTAGE_ESTIMATOR_ENTRIES["test_value_baseline"]
+
+
+def test_an_estimator_that_needs_values_turns_the_critic_on(value_estimator):
+    # critic.enable null: on exactly when the estimator reads values (gae, or this one), by its entry
+    assert load_config(None, [f"algorithm.adv_estimator={value_estimator}"]).critic.enable is True
+    assert load_config(None, ["algorithm.adv_estimator=gae"]).critic.enable is True
+    assert load_config(None, ["algorithm.adv_estimator=rloo"]).critic.enable is False
+
+
+@pytest.fixture
+def fragile_loss():
+    @register_policy_loss("test_fragile")
+    def fragile(old_log_prob, log_prob, advantages, response_mask, *, loss_agg_mode, rollout_is_weights=None,
+                global_num_tokens=None, global_num_seqs=None, loss_scale_factor=None):  # fmt: skip
+        top_two = torch.topk(log_prob.flatten(), 2)  # a bug: needs two tokens
+        return top_two.values.sum(), {}
+
+    yield "test_fragile"
+    del POLICY_LOSSES["test_fragile"], POLICY_LOSS_ENTRIES["test_fragile"]
+
+
+def test_a_loss_that_crashes_on_the_probe_is_named_not_a_traceback(fragile_loss):
+    with pytest.raises(
+        ConfigError, match="policy loss 'test_fragile' failed on a one-token validation probe"
+    ):
+        validate(load_config(None, [f"{LOSS}={fragile_loss}"]))
+
+
+def test_config_accepts_every_aggregation_mode_core_implements():
+    from sapo.core.aggregation import LOSS_AGG_MODES
+
+    for mode in LOSS_AGG_MODES:  # token-sum included
+        validate(load_config(None, [f"actor_rollout_ref.actor.loss_agg_mode={mode}"]))
+    with pytest.raises(ConfigError, match="loss_agg_mode='token_mean': choose one of token-mean"):
+        validate(load_config(None, ["actor_rollout_ref.actor.loss_agg_mode=token_mean"]))
+
+
+def test_importing_the_config_package_does_not_import_torch():
+    # `sapo --help` and `sapo config --help` stay fast: the registries load when a config is resolved
+    import subprocess
+    import sys
+
+    code = "import sys, sapo.cli, sapo.config; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

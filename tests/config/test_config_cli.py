@@ -33,6 +33,8 @@ def test_prints_report_and_dumps(tmp_path, capsys):
 
 
 def test_more_than_one_process_is_refused_until_distributed_training_lands():
+    with pytest.raises(ConfigError, match=r"process count must be >= 1 \(got 0\)"):
+        run(["--world-size", "0"])
     with pytest.raises(ConfigError, match="2 processes: sapo train runs as one process for now"):
         run(["--world-size", "2"])
 

@@ -132,3 +132,19 @@ def test_omegaconf_is_imported_only_for_configs_that_interpolate():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "True"]
+
+
+def test_a_reference_in_text_to_a_key_still_null_is_an_error_not_the_text_none():
+    # rollout.response_length is null until resolution fills it from data.max_response_length
+    with pytest.raises(
+        ConfigError, match="refers to actor_rollout_ref.rollout.response_length, which is null"
+    ):
+        load_config(None, ["trainer.experiment_name=run_${actor_rollout_ref.rollout.response_length}"])
+    named = load_config(None, ["trainer.experiment_name=run_${data.max_response_length}"])
+    assert named.trainer.experiment_name == "run_16"
+    # a whole-value reference to an inherit null stays null, and resolution fills it as usual
+    micro = "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu"
+    config = load_config(
+        None, ["actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=4", f"{micro}=${{data.val_batch_size}}"]
+    )
+    assert config.actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu == 4

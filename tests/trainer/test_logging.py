@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from sapo.errors import ConfigError, UserError
-from sapo.trainer.logging import MetricsLogger, ProgressBar, read_metrics
+from sapo.run_dir import read_metrics
+from sapo.trainer.logging import MetricsLogger, ProgressBar
 
 
 def test_metrics_jsonl_one_object_per_step(tmp_path):

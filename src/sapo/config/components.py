@@ -18,9 +18,11 @@ import difflib
 
 from sapo.config.schema import Config
 from sapo.core.advantages import ADVANTAGE_ESTIMATOR_ENTRIES, advantage_estimator_entry
+from sapo.core.aggregation import LOSS_AGG_MODES
 from sapo.core.kl import KL_ESTIMATORS
 from sapo.core.loss_registry import POLICY_LOSS_ENTRIES, check_policy_loss_numbers, policy_loss_entry
 from sapo.core.losses import POLICY_LOSSES  # noqa: F401  (importing the losses registers them)
+from sapo.optim.schedule import SCHEDULES
 from sapo.rollout import ROLLOUT_ENGINES, rollout_engine_entry
 from sapo.rollout.registry import engine_setting_problems
 
@@ -82,6 +84,26 @@ def component_problems(config: Config) -> list[str]:
         out += _estimator_problems(config)
     if rollout.name in ROLLOUT_ENGINES:
         out += engine_setting_problems(rollout.name, engine_settings(config))
+    return out + _mode_problems(config)
+
+
+def _mode_problems(config: Config) -> list[str]:
+    """Aggregation modes and lr schedules, against the lists of the code that implements them."""
+    out = []
+    for key, mode in (
+        ("actor_rollout_ref.actor.loss_agg_mode", config.actor_rollout_ref.actor.loss_agg_mode),
+        ("critic.loss_agg_mode", config.critic.loss_agg_mode),
+    ):
+        if mode is not None and mode not in LOSS_AGG_MODES:
+            out.append(f"{key}={mode!r}: choose one of {', '.join(LOSS_AGG_MODES)}")
+    for key, optim in (
+        ("actor_rollout_ref.actor.optim", config.actor_rollout_ref.actor.optim),
+        ("critic.optim", config.critic.optim),
+    ):
+        if optim.lr_scheduler_type not in SCHEDULES:
+            out.append(
+                f"{key}.lr_scheduler_type={optim.lr_scheduler_type!r}: choose one of {', '.join(SCHEDULES)}"
+            )
     return out
 
 

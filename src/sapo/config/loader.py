@@ -139,6 +139,13 @@ def _resolve_key(config: Config, root: Any, key: str, errors: list[str]) -> None
 
     owner, name, tp, _ = _locate(config, key)
     raw, source = getattr(owner, name), _source_of(config, key)
+    for ref in _null_references_in_text(config, raw):
+        errors.append(
+            f"{key}: {raw!r} refers to {ref}, which is null at this point (inherited values are filled "
+            "after interpolation), so the text would read 'None'; refer to the key it inherits from "
+            f"(from {source})"
+        )
+        return
     try:
         value = OmegaConf.select(root, key)
         if OmegaConf.is_config(value):  # a list or mapping field, or a reference to one
@@ -152,6 +159,22 @@ def _resolve_key(config: Config, root: Any, key: str, errors: list[str]) -> None
         setattr(owner, name, coerce(value, tp, is_text=isinstance(value, str)))
     except (TypeError, ValueError) as err:
         errors.append(f"{key}: {err} ({raw!r} resolved to {value!r}; from {source})")
+
+
+_PLAIN_REFERENCE = re.compile(r"\$\{([A-Za-z_][\w.]*)\}")
+
+
+def _null_references_in_text(config: Config, raw: Any) -> list[str]:
+    """Plain references inside longer text (not a whole value) to keys that are still null: such a key is
+    an "inherit" null (``rollout.response_length``) that resolution fills only after interpolation."""
+    if not isinstance(raw, str) or _PLAIN_REFERENCE.fullmatch(raw.strip()):
+        return []  # a whole-value reference to a null stays null, and resolution then fills it as usual
+    out = []
+    for ref in _PLAIN_REFERENCE.findall(raw):
+        located = _locate(config, ref)
+        if located is not None and not located[3] and getattr(located[0], located[1]) is None:
+            out.append(ref)
+    return out
 
 
 def _first_line(err: Exception) -> str:

@@ -7,17 +7,21 @@ from: the trainer builds its settings from it and fills in nothing of its own.
 from __future__ import annotations
 
 from sapo.config.schema import Config
-from sapo.core.loss_registry import POLICY_LOSS_ENTRIES, default_loss_agg_mode
-from sapo.core.losses import POLICY_LOSSES  # noqa: F401  (importing the losses registers them)
 
 
 def resolve_config(config: Config) -> Config:
     """Fill every null that means "inherit" with the value it inherits, in place, and return the config.
     Idempotent: a dumped resolved config loads back to the same values."""
+    # The registries import torch: loaded here, not with the package, so `sapo --help` stays light.
+    from sapo.core.advantages import ADVANTAGE_ESTIMATOR_ENTRIES
+    from sapo.core.losses import POLICY_LOSS_ENTRIES, default_loss_agg_mode
+
     data, arr, trainer = config.data, config.actor_rollout_ref, config.trainer
     actor, rollout, critic = arr.actor, arr.rollout, config.critic
     if data.seed is None:
         data.seed = trainer.seed
+    if data.tokenizer is None:  # one tokenizer for data and policy (validation rejects two different ones)
+        data.tokenizer = arr.model.tokenizer_path
     if config.sapo.task.seed is None:
         config.sapo.task.seed = trainer.seed
     if actor.data_loader_seed is None:
@@ -50,7 +54,8 @@ def resolve_config(config: Config) -> Config:
     if trainer.default_local_dir is None:
         trainer.default_local_dir = f"checkpoints/{trainer.project_name}/{trainer.experiment_name}"
     if critic.enable is None:
-        critic.enable = config.algorithm.adv_estimator == "gae"
+        estimator = ADVANTAGE_ESTIMATOR_ENTRIES.get(config.algorithm.adv_estimator)
+        critic.enable = estimator is not None and estimator.needs_values  # gae
     for name in (
         "ppo_mini_batch_size",
         "ppo_micro_batch_size_per_gpu",

@@ -13,19 +13,14 @@ import copy
 import math
 from typing import Any
 
-from sapo.config.components import component_problems
 from sapo.config.resolve import resolve_config
 from sapo.config.schema import Config
 from sapo.config.value_checks import unsupported_value_problems
-from sapo.core.loss_registry import default_loss_agg_mode
 from sapo.errors import ConfigError
-from sapo.optim.schedule import warmup_steps
 
-LOSS_AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 LOGGERS = ("console", "tensorboard", "wandb")
 TRUNCATIONS = ("error", "left", "right")
 RESUME_MODES = ("auto", "disable", "resume_path")
-SCHEDULES = ("constant", "cosine")
 DTYPES = ("float32", "bfloat16", "float16")
 MODEL_IMPLS = ("auto", "native", "hf")  # sapo.models.loading.IMPLS (config does not import models)
 KL_CONTROLLERS = ("fixed", "adaptive")
@@ -36,6 +31,8 @@ DEVICES = ("auto", "cuda", "cpu")
 def effective_loss_agg_mode(config: Config) -> str:
     """The aggregation the actor's loss uses: ``loss_agg_mode`` as resolved (the user's, else the loss's
     registered default: :func:`sapo.core.loss_registry.default_loss_agg_mode`, the one copy of that rule)."""
+    from sapo.core.loss_registry import default_loss_agg_mode
+
     actor = config.actor_rollout_ref.actor
     return default_loss_agg_mode(actor.policy_loss.loss_mode, actor.loss_agg_mode)
 
@@ -43,6 +40,8 @@ def effective_loss_agg_mode(config: Config) -> str:
 def validate(config: Config, *, world_size: int = 1) -> None:
     """Raise one ConfigError listing every problem, each with the arithmetic and the fix. Checks the
     config as resolved (a copy is resolved here; ``load_config`` returns resolved configs already)."""
+    from sapo.config.components import component_problems  # the registries import torch: load on use
+
     config = resolve_config(copy.deepcopy(config))
     problems: list[str] = []
     problems += _batch_problems(config, world_size)
@@ -59,6 +58,8 @@ def check_single_process(world_size: int) -> None:
     """A ConfigError for more than one process: until multi-process training lands, every rank would train
     its own full copy of the model into the same run directory. (:func:`validate` keeps the per-process
     batch arithmetic for ``world_size > 1``; ``sapo train`` and ``sapo config`` call this first.)"""
+    if world_size < 1:
+        raise ConfigError(f"the process count must be >= 1 (got {world_size}): omit --world-size")
     if world_size != 1:
         raise ConfigError(
             f"{world_size} processes: sapo train runs as one process for now (each rank would train its own "
@@ -174,14 +175,7 @@ def _choice_problems(config: Config) -> list[str]:
         ("actor_rollout_ref.actor.optim", actor.optim),
         ("critic.optim", config.critic.optim),
     ):
-        out += _choice(f"{name}.lr_scheduler_type", optim.lr_scheduler_type, SCHEDULES)
         out += _choice(f"{name}.optimizer", optim.optimizer, ("AdamW",))
-    for key, mode in (
-        ("actor_rollout_ref.actor.loss_agg_mode", actor.loss_agg_mode),
-        ("critic.loss_agg_mode", config.critic.loss_agg_mode),
-    ):
-        if mode is not None:
-            out += _choice(key, mode, LOSS_AGG_MODES)
     for logger in trainer.logger:
         out += _choice("trainer.logger entry", logger, LOGGERS)
     if trainer.resume_mode == "resume_path" and not trainer.resume_from_path:
@@ -335,6 +329,8 @@ def training_schedule(config: Config, train_dataset_size: int) -> dict[str, int]
             f"{batch}; lower data.train_batch_size or add data"
         )
     total = config.trainer.total_training_steps or steps_per_epoch * config.trainer.total_epochs
+    from sapo.optim.schedule import warmup_steps
+
     optim = config.actor_rollout_ref.actor.optim
     schedule_total = optim.total_training_steps if optim.total_training_steps > 0 else total
     warmup = warmup_steps(optim.lr_warmup_steps, optim.lr_warmup_steps_ratio, schedule_total)

@@ -70,7 +70,7 @@ _ONE_PROCESS = "sapo train runs as one process for now (multi-process training i
 _ENGINE = "tunes the inference engine's memory/scheduling, not what is generated"
 _MICRO = "forward-only batching; sapo uses ppo_micro_batch_size_per_gpu / ppo_max_token_len_per_gpu"
 _KERNEL = "kernel/compile choice; the computed values are the same"
-_RAY = "Ray/cluster set-up; sapo runs under torchrun"
+_RAY = "Ray/cluster set-up; sapo runs without Ray"
 
 IGNORED_KEYS: tuple[IgnoredKey, ...] = (
     # --- actor / ref / critic engines

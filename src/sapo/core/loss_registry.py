@@ -114,7 +114,8 @@ def default_loss_agg_mode(loss_mode: str, user_value: str | None) -> str:
 
 def check_policy_loss_numbers(name: str, numbers: dict[str, object]) -> list[str]:
     """The loss's own complaints about ``numbers`` (its keyword numbers), found by calling it once on a
-    one-token batch: an empty list when it accepts them. Only :class:`UserError` is caught."""
+    one-token batch: an empty list when it accepts them. Any other exception is reported as the loss's
+    failure on that probe, so ``sapo config`` names it instead of printing a traceback."""
     one = torch.zeros(1, 1)
     try:
         get_policy_loss(name)(
@@ -123,6 +124,8 @@ def check_policy_loss_numbers(name: str, numbers: dict[str, object]) -> list[str
         )  # fmt: skip
     except UserError as err:
         return [str(err)]
+    except Exception as err:  # a user loss that cannot run on one token: say so, by name
+        return [f"policy loss {name!r} failed on a one-token validation probe: {type(err).__name__}: {err}"]
     return []
 
 

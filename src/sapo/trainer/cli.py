@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from sapo.config import load_config
+from sapo.run_dir import METRICS_FILE, TENSORBOARD_DIR
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -35,9 +36,9 @@ def run(args: argparse.Namespace) -> int:
     _quiet_library_progress_bars()
     summary = train(config)
     print(f"\nrun directory: {summary.run_dir}")
-    print(f"  metrics:     {summary.run_dir / 'metrics.jsonl'}")
+    print(f"  metrics:     {summary.run_dir / METRICS_FILE}")
     if "tensorboard" in config.trainer.logger:
-        print(f"  tensorboard: tensorboard --logdir {summary.run_dir / 'tensorboard'}")
+        print(f"  tensorboard: tensorboard --logdir {summary.run_dir / TENSORBOARD_DIR}")
     if summary.export_dir is not None:
         print(f"  final model: {summary.export_dir} (AutoModelForCausalLM.from_pretrained loads it)")
     before = summary.first_validation or {}

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sapo.errors import ConfigError, UserError
-from sapo.run_dir import METRICS_FILE, TENSORBOARD_DIR, WANDB_ID_FILE, read_metrics  # noqa: F401
+from sapo.run_dir import METRICS_FILE, TENSORBOARD_DIR, WANDB_ID_FILE
 
 SINKS = ("console", "tensorboard", "wandb")
 

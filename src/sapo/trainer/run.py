@@ -41,7 +41,7 @@ from sapo.trainer.setup import (
     resolve_device,
     run_dir_of,
 )
-from sapo.trainer.tokenizer_setup import apply_tokenizer_settings, tokenizer_dir
+from sapo.trainer.tokenizer_setup import apply_tokenizer_settings
 
 
 @dataclass
@@ -139,7 +139,7 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
     models.tokenizer = apply_tokenizer_settings(
         models.tokenizer,
         models.policy,
-        path=tokenizer_dir(data.tokenizer, config.actor_rollout_ref.model.tokenizer_path),
+        path=data.tokenizer,  # resolved: null there means actor_rollout_ref.model.tokenizer_path
         chat_template=config.actor_rollout_ref.model.custom_chat_template,
     )
     train_set = build_dataset(train_files, models.tokenizer, config, data.train_max_samples)
@@ -212,7 +212,7 @@ def _attach_critic(run: TrainingRun, models, total_steps: int) -> None:
 
     config = run.config
     critic_cfg = config.critic
-    path = critic_cfg.model.path or models.path
+    path = critic_cfg.model.path or models.path  # null: the policy's directory (the warm-started tiny model)
     model_cfg = config.actor_rollout_ref.model
     base, _ = load_model_and_tokenizer(path, dtype=model_cfg.dtype, device=run.device, impl=model_cfg.impl)
     if critic_cfg.model.enable_gradient_checkpointing:

@@ -27,15 +27,12 @@ from sapo.models.loading import load_model_and_tokenizer
 from sapo.optim import build_adamw, build_scheduler, warmup_steps
 from sapo.rewards.custom import load_custom_reward_function
 from sapo.rewards.managers import build_reward_manager
-from sapo.run_dir import DATA_DIR
+from sapo.run_dir import DATA_DIR, TRAIN_FILE, VAL_FILE
 
 
 def run_dir_of(config: Config) -> Path:
-    """``trainer.default_local_dir``, or ``checkpoints/<project_name>/<experiment_name>`` as verl."""
-    trainer = config.trainer
-    return Path(
-        trainer.default_local_dir or Path("checkpoints") / trainer.project_name / trainer.experiment_name
-    )
+    """``trainer.default_local_dir`` (resolved: null there means ``checkpoints/<project>/<experiment>``)."""
+    return Path(config.trainer.default_local_dir)
 
 
 def cache_dir() -> Path:
@@ -120,8 +117,8 @@ def data_files(config: Config, run_dir: Path) -> tuple[list[str], list[str]]:
             "sapo.task.knobs"
         ) from exc
     folder = run_dir / DATA_DIR
-    train_path = write_rows(train, folder / "train.parquet")
-    val_path = write_rows(test, folder / "test.parquet")
+    train_path = write_rows(train, folder / TRAIN_FILE)
+    val_path = write_rows(test, folder / VAL_FILE)
     return [str(train_path)], [str(val_path)]
 
 

@@ -14,12 +14,6 @@ from pathlib import Path
 from sapo.models.loading import load_tokenizer
 
 
-def tokenizer_dir(data_tokenizer: str | None, model_tokenizer_path: str | None) -> str | None:
-    """The tokenizer directory the run uses, or None for the model's own (config validation has already
-    rejected two different directories)."""
-    return data_tokenizer or model_tokenizer_path
-
-
 def apply_tokenizer_settings(tokenizer, model, *, path: str | None, chat_template: str | None):
     """``tokenizer``, or the one loaded from ``path``, with ``chat_template`` installed when given."""
     if path is not None:
