@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import difflib
 
+from sapo.config.keys import value_at
 from sapo.config.schema import Config
 from sapo.core.advantages import ADVANTAGE_ESTIMATOR_ENTRIES, advantage_estimator_entry
 from sapo.core.aggregation import LOSS_AGG_MODES
@@ -27,14 +28,6 @@ from sapo.rollout import ROLLOUT_ENGINES, rollout_engine_entry
 from sapo.rollout.registry import engine_setting_problems
 
 _MISSING = object()
-
-
-def config_value(config: Config, key: str):
-    """The value at a dotted key such as ``trainer.seed``."""
-    value = config
-    for part in key.split("."):
-        value = getattr(value, part)
-    return value
 
 
 def policy_loss_numbers(config: Config) -> dict[str, object]:
@@ -61,7 +54,7 @@ def estimator_numbers(config: Config) -> dict[str, object]:
 def engine_settings(config: Config) -> dict[str, object]:
     """The configured engine's own keyword arguments, read from the keys its entry names."""
     entry = rollout_engine_entry(config.actor_rollout_ref.rollout.name)
-    return {argument: config_value(config, key) for argument, key in entry.settings.items()}
+    return {argument: value_at(config, key) for argument, key in entry.settings.items()}
 
 
 def component_problems(config: Config) -> list[str]:

@@ -158,9 +158,8 @@ class ActorConfig:
     clip_ratio_c: float = opt(3.0, "Dual-clip constant for negative advantages (> 1).")
     loss_agg_mode: str | None = opt(
         None,
-        "token-mean | seq-mean-token-sum | seq-mean-token-mean | seq-mean-token-sum-norm | token-sum. "
-        "null: the loss's registered default (sapo, gspo, geo_mean: seq-mean-token-mean; others: "
-        "token-mean).",
+        "token-mean | seq-mean-token-sum | seq-mean-token-mean | seq-mean-token-sum-norm | token-sum. null: "
+        "the loss's registered default (sapo, gspo, geo_mean: seq-mean-token-mean; others: token-mean).",
         verl="token-mean",
     )
     loss_scale_factor: float | None = opt(None, "seq-mean-token-sum-norm divisor. null: max_response_length.")

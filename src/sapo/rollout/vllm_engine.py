@@ -87,9 +87,10 @@ class VLLMRolloutEngine:
     def update_weights(self, weights: WeightStream) -> None:
         """Load ``(name, tensor)`` pairs into vLLM's model and drop the KV of cached prompts."""
         check_is_stream(weights)
-        pairs = [(name, tensor.detach()) for name, tensor in weights]  # references, not copies
+        # Passed on lazily: a sharded model's stream gathers one full tensor at a time, never all at once.
+        stream = ((name, tensor.detach()) for name, tensor in weights)
         self.llm.collective_rpc(
-            "reload_weights", kwargs={"weights_iterator": iter(pairs), "is_checkpoint_format": True}
+            "reload_weights", kwargs={"weights_iterator": stream, "is_checkpoint_format": True}
         )
         self.llm.reset_prefix_cache()  # cached prompt KV was computed with the old weights
 

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from sapo.config import Config, derived_quantities, resolve_config, validate
-from sapo.config.components import engine_settings
+from sapo.config.components import engine_settings, estimator_numbers
 from sapo.config.render import record_startup
 from sapo.config.validate import check_single_process, training_schedule
 from sapo.core.kl import AdaptiveKLController, FixedKLController
@@ -171,7 +171,7 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
         actor=actor,
         sampling=settings.train_sampling(config),
         val_sampling=settings.val_sampling(config),
-        estimator_kwargs=settings.estimator_kwargs(config),
+        estimator_kwargs=estimator_numbers(config),  # values come from the critic per step
         shuffle_generator=torch.Generator().manual_seed(actor_cfg.data_loader_seed),
         logger=None,
         total_steps=total_steps,

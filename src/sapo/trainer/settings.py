@@ -10,7 +10,7 @@ prompts is ``x rollout.n`` sequences, and a null micro-batch size means the whol
 from __future__ import annotations
 
 from sapo.config import Config
-from sapo.config.components import estimator_numbers, policy_loss_numbers
+from sapo.config.components import policy_loss_numbers
 from sapo.rollout.base import SamplingParams
 from sapo.trainer.actor import ActorUpdateSettings, PolicyLossSettings
 from sapo.trainer.critic import CriticUpdateSettings
@@ -89,8 +89,3 @@ def val_sampling(config: Config) -> SamplingParams:
         max_new_tokens=config.actor_rollout_ref.rollout.response_length,
         do_sample=val.do_sample,
     )
-
-
-def estimator_kwargs(config: Config) -> dict:
-    """The configured estimator's numbers from ``algorithm`` (``values`` come from the critic per step)."""
-    return estimator_numbers(config)
