@@ -21,12 +21,17 @@ def test_version_flag_runs_as_a_console_module():
     assert __version__ in proc.stdout
 
 
-def test_train_under_a_multi_process_launcher_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
-    # torchrun sets WORLD_SIZE; until multi-process training lands every rank would train a full copy
-    # into the same run directory, so the run stops with the reason, no traceback and no run directory.
+def test_a_half_set_launcher_environment_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    # WORLD_SIZE without the rest of torchrun's variables (a stale export): the run stops with the reason,
+    # no traceback and no run directory.
     monkeypatch.setenv("WORLD_SIZE", "2")
+    for name in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
     run_dir = tmp_path / "run"
-    assert main(["train", f"trainer.default_local_dir={run_dir}"]) == 2
+    assert main(["train", "trainer.device=cpu", f"trainer.default_local_dir={run_dir}"]) == 2
     err = capsys.readouterr().err
-    assert "2 processes: sapo train runs as one process for now" in err and "Traceback" not in err
+    assert (
+        "WORLD_SIZE=2 is set but RANK, MASTER_ADDR, MASTER_PORT is not" in err.replace("\n", " ")
+        and "Traceback" not in err
+    )
     assert not run_dir.exists()

@@ -9,7 +9,8 @@ SRC = Path(__file__).resolve().parents[1] / "src"
 # Top to bottom: a room may import from the rooms before it, never from those after it.
 ROOMS = (
     "errors", "run_dir", "core", "optim", "batch", "models", "rollout", "data", "rewards", "demo",
-    "config", "trainer", "cli",
+    "distributed",
+    "config", "trainer", "cli", "__main__",
 )  # fmt: skip
 
 

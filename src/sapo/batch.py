@@ -89,6 +89,27 @@ class Batch:
                 changes[f.name] = value[:, :last]
         return replace(self, **changes)
 
+    def padded(self, prompt_length: int, response_length: int, pad_token_id: int) -> Batch:
+        """The same batch widened to ``prompt_length`` prompt and ``response_length`` response columns:
+        prompt columns added on the left, response columns on the right, as padding (id ``pad_token_id``,
+        mask 0, zeros in the per-token tensors). Batches generated apart then line up as one."""
+        prompt_now = self.input_ids.shape[1] - self.response_length
+        left, right = prompt_length - prompt_now, response_length - self.response_length
+        if left < 0 or right < 0:
+            raise ValueError(f"cannot narrow a batch of widths ({prompt_now}, {self.response_length})")
+        if left == 0 and right == 0:
+            return self
+        pad = torch.nn.functional.pad
+        changes = {
+            "input_ids": pad(self.input_ids, (left, right), value=pad_token_id),
+            "attention_mask": pad(self.attention_mask, (left, right), value=0),
+        }
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, torch.Tensor) and value.dim() == 2 and f.name not in changes:
+                changes[f.name] = pad(value, (0, right), value=0)
+        return replace(self, **changes)
+
 
 def token_budget_groups(lengths: list[int], max_tokens: int) -> list[list[int]]:
     """Row indices in groups whose summed length is at most ``max_tokens`` (a row longer than the budget

@@ -37,6 +37,7 @@ HF_MODEL_DIR = "hf_model"
 STEP_PREFIX = "global_step_"
 META_FILE = "meta.json"  # written last into a checkpoint: its presence marks the checkpoint complete
 TRACKER_FILE = "latest_checkpointed_iteration.txt"
+SHARDS_DIR = "shards"  # in a checkpoint saved by several processes: torch.distributed.checkpoint files
 
 
 def checkpoint_dir(run_dir: str | Path, step: int) -> Path:

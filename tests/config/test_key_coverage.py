@@ -29,6 +29,12 @@ MICRO = _KEYS + "test_micro_batch_keys_reach_every_pass"
 KL = _KEYS + "test_adaptive_kl_controller_counts_sequences"
 VLLM = _KEYS + "test_vllm_engine_settings_reach_the_engine"
 END_TO_END = "trainer/test_train_end_to_end.py::test_sapo_train_runs_a_real_model_and_writes_every_output"
+_DIST = "config/test_distributed_keys.py::"
+SHARDING = _DIST + "test_fsdp_config_keys_reach_the_sharding_settings"
+MODEL_DTYPE = _DIST + "test_model_dtype_is_the_dtype_each_model_is_built_in"
+PROCESS_GROUP = _DIST + "test_nccl_timeout_and_fsdp_size_reach_the_process_group"
+LAUNCH = _DIST + "test_process_counts_start_the_processes_or_name_the_torchrun_command"
+_FSDP_SECTIONS = ("actor_rollout_ref.actor", "actor_rollout_ref.ref", "critic.model")
 
 # key -> the test that checks the trainer honours it ("file::function", relative to tests/).
 HONOURED: dict[str, str] = {
@@ -193,6 +199,17 @@ HONOURED: dict[str, str] = {
     "sapo.warm_start.max_seconds": BUILTIN,
     "sapo.warm_start.eval_every": BUILTIN,
     "sapo.warm_start.target_accuracy": BUILTIN,
+    "actor_rollout_ref.nccl_timeout": PROCESS_GROUP,
+    "trainer.nnodes": LAUNCH,
+    "trainer.n_gpus_per_node": LAUNCH,
+    # the ref's and critic's fsdp_size must equal the actor's (validate), which builds the one device mesh
+    **{f"{s}.fsdp_config.fsdp_size": PROCESS_GROUP for s in _FSDP_SECTIONS},
+    **{f"{s}.fsdp_config.model_dtype": MODEL_DTYPE for s in _FSDP_SECTIONS},
+    **{
+        f"{s}.fsdp_config.{key}": SHARDING
+        for s in _FSDP_SECTIONS
+        for key in ("param_offload", "optimizer_offload", "reshard_after_forward", "mixed_precision")
+    },
 }
 
 # key -> a value the trainer cannot honour; validate() must reject it with an error naming the key.

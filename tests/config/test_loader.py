@@ -200,8 +200,8 @@ def test_yaml_nested_ignored_keys_and_empty_sections(tmp_path):
         "ray_kwargs:\n  ray_init:\n    num_cpus: null\n"
     )
     config = load_config(path)
+    assert config.actor_rollout_ref.actor.fsdp_config.param_offload is True  # a field now
     assert sorted(k for k, _, _ in config.provenance.ignored) == [
-        "actor_rollout_ref.actor.fsdp_config.param_offload",
         "actor_rollout_ref.actor.fsdp_config.wrap_policy.min_num_params",
         "ray_kwargs.ray_init.num_cpus",
     ]

@@ -14,6 +14,7 @@ import subprocess
 import pytest
 
 from sapo.config import derived_quantities, find_ignored, is_supported_key, load_config, validate
+from sapo.config.validate import check_world_size, configured_world_size
 from sapo.errors import ConfigError
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash to expand the script")
@@ -206,22 +207,28 @@ def classify(args: list[str]) -> tuple[list[str], list[str]]:
     return supported, ignored
 
 
-PARALLEL_KEYS = (
-    "trainer.n_gpus_per_node",
-    "trainer.nnodes",
-    "actor_rollout_ref.rollout.tensor_model_parallel_size",
-)
+PARALLEL_KEYS = ("actor_rollout_ref.rollout.tensor_model_parallel_size",)
 
 
 def one_process(args: list[str]) -> list[str]:
-    """The same command line with its process counts and parallel sizes at 1 (all that runs today)."""
+    """The same command line with the rollout's tensor-parallel size at 1 (each process runs one whole
+    rollout engine); its process counts (trainer.nnodes, trainer.n_gpus_per_node) are kept."""
     return [f"{arg.split('=', 1)[0]}=1" if arg.split("=", 1)[0] in PARALLEL_KEYS else arg for arg in args]
 
 
-def test_multi_gpu_example_is_refused_by_name_until_distributed_training_lands():
+def test_multi_gpu_example_keeps_its_process_counts_and_refuses_only_rollout_tensor_parallelism():
     with pytest.raises(ConfigError) as err:
         load_config(None, expand(FSDP_SCRIPT))
-    assert "trainer.n_gpus_per_node='8'" in str(err.value) and "accepts it only as 1" in str(err.value)
+    assert "tensor_model_parallel_size" in str(err.value) and "n_gpus_per_node='8'" not in str(err.value)
+    args = [
+        "actor_rollout_ref.rollout.tensor_model_parallel_size=1"
+        if arg.startswith("actor_rollout_ref.rollout.tensor_model_parallel_size=")
+        else arg
+        for arg in expand(FSDP_SCRIPT)
+    ]
+    config = load_config(None, args)
+    assert (config.trainer.nnodes, config.trainer.n_gpus_per_node) == (1, 8)
+    assert configured_world_size(config) == 8
 
 
 def test_fsdp_example_loads_with_every_key_supported_or_ignored():
@@ -247,6 +254,12 @@ def test_fsdp_example_loads_with_every_key_supported_or_ignored():
     assert "actor_rollout_ref.actor.tau_pos" in supported
     # the per-process arithmetic for 8 GPUs, as the script's trainer.n_gpus_per_node says (what the
     # distributed trainer will check): 64 prompts x 16 = 1024 sequences / 8 = 128
+    assert (config.trainer.nnodes, config.trainer.n_gpus_per_node) == (1, 8)
+    # verl's fsdp_config keys that FSDP2 honours are fields
+    assert actor.fsdp_config.param_offload is True and actor.fsdp_config.optimizer_offload is True
+    assert config.actor_rollout_ref.ref.fsdp_config.param_offload is True
+    assert "actor_rollout_ref.actor.fsdp_config.optimizer_offload" in supported
+    check_world_size(config, 8)
     validate(config, world_size=8)
     derived = derived_quantities(config, world_size=8)
     assert derived["mini_batches_per_step"] == 256 // 64 == 4
@@ -261,6 +274,12 @@ def test_npu_example_loads_and_validates():
     assert config.actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu == 32
     assert config.actor_rollout_ref.ref.log_prob_micro_batch_size_per_gpu == 16
     assert config.algorithm.lam == 0.95 and config.data.truncation == "error"
+    # fsdp_config: offload keys are fields, forward_prefetch (FSDP1 tuning) is accepted and ignored
+    assert config.actor_rollout_ref.actor.fsdp_config.param_offload is False
+    assert config.actor_rollout_ref.ref.fsdp_config.param_offload is True
+    ignored = {key for key, _, _ in config.provenance.ignored}
+    assert {"actor_rollout_ref.actor.fsdp_config.forward_prefetch"} <= ignored
+    assert not any(key.endswith("param_offload") for key in ignored)
     # 64 prompts x n 5 = 320 sequences per mini-batch / 8 GPUs = 40 per GPU; micro-batch 10 divides 40.
     validate(config, world_size=8)
     assert derived_quantities(config, world_size=8)["micro_batches_per_mini_batch"] == 40 // 10

@@ -40,7 +40,8 @@ PROBS = torch.tensor([[0.5, 0.3, 0.15, 0.05]])
 
 def _frequencies(sampling, draws=20000):
     logits = PROBS.log().expand(draws, 4)
-    tokens, log_probs = sample_next_token(logits, sampling, torch.Generator().manual_seed(0))
+    uniforms = torch.rand(draws, generator=torch.Generator().manual_seed(0))
+    tokens, log_probs = sample_next_token(logits, sampling, uniforms)
     return torch.bincount(tokens, minlength=4).float() / draws, tokens, log_probs
 
 
@@ -67,3 +68,12 @@ def test_no_filter_samples_the_model_distribution_and_greedy_takes_the_argmax():
     torch.testing.assert_close(freq, PROBS[0], atol=0.015, rtol=0)
     tokens, log_probs = sample_next_token(PROBS.log(), SamplingParams(temperature=0), None)
     assert tokens.tolist() == [0] and log_probs.item() == pytest.approx(math.log(0.5))
+
+
+def test_inverse_cdf_never_picks_a_token_of_probability_zero():
+    from sapo.rollout.sampling import inverse_cdf
+
+    probs = torch.tensor([[0.0, 0.6, 0.4, 0.0], [0.0, 0.6, 0.4, 0.0], [0.0, 0.6, 0.4, 0.0]])
+    # u = 0 lands on the flat start of the CDF, u just below 1 may round up to the total
+    tokens = inverse_cdf(probs, torch.tensor([0.0, 0.6, 1.0 - 1e-8]))
+    assert tokens.tolist() == [1, 2, 2]

@@ -136,9 +136,9 @@ def test_micro_batch_keys_reach_every_pass(tmp_path, tiny_qwen3, overrides_for, 
         calls = []
         real = loop.compute_log_probs
 
-        def recording(model, batch, micro, temperature, max_tokens=None):
+        def recording(model, batch, micro, temperature, max_tokens=None, world=None):
             calls.append((model is run.reference, micro, max_tokens))
-            return real(model, batch, micro, temperature, max_tokens)
+            return real(model, batch, micro, temperature, max_tokens, world)
 
         monkeypatch.setattr(loop, "compute_log_probs", recording)
         metrics = loop.training_step(run)

@@ -135,9 +135,9 @@ def test_actor_side_keys_reach_their_components(tmp_path, tiny_qwen3, overrides_
         sizes = []
         real = validate_module.generate_and_score
 
-        def recording(engine, tokenizer, reward, items, sampling):
+        def recording(engine, tokenizer, reward, items, sampling, **kwargs):
             sizes.append(len(items))
-            return real(engine, tokenizer, reward, items, sampling)
+            return real(engine, tokenizer, reward, items, sampling, **kwargs)
 
         monkeypatch.setattr(validate_module, "generate_and_score", recording)
         loop.validate(run)

@@ -100,10 +100,11 @@ def test_unknown_key_names_close_matches(tmp_path, tiny_qwen3, overrides_for, ca
 @pytest.mark.parametrize("impl, expected", [("native", "NativeCausalLM"), ("hf", "Qwen3ForCausalLM")])
 def test_model_impl_picks_the_policy_implementation(tiny_qwen3, impl, expected):
     from sapo.config import load_config
+    from sapo.distributed.world import World
     from sapo.trainer.setup import build_models
 
     config = load_config(
         None, [f"actor_rollout_ref.model.path={tiny_qwen3}", f"actor_rollout_ref.model.impl={impl}"]
     )
-    models = build_models(config, torch.device("cpu"), needs_reference=False)
+    models = build_models(config, torch.device("cpu"), needs_reference=False, world=World())
     assert type(models.policy).__name__ == expected

@@ -15,7 +15,14 @@ from sapo.config.render import (
 )
 from sapo.config.resolve import resolve_config
 from sapo.config.schema import Config, LoadReport
-from sapo.config.validate import derived_quantities, effective_loss_agg_mode, training_schedule, validate
+from sapo.config.validate import (
+    check_world_size,
+    configured_world_size,
+    derived_quantities,
+    effective_loss_agg_mode,
+    training_schedule,
+    validate,
+)
 from sapo.config.verl_keys import ALIASES, IGNORED_KEYS, find_ignored
 
 __all__ = [
@@ -24,7 +31,9 @@ __all__ = [
     "Config",
     "LoadReport",
     "all_keys",
+    "check_world_size",
     "coerce",
+    "configured_world_size",
     "config_to_dict",
     "config_to_yaml",
     "derived_quantities",

@@ -13,7 +13,7 @@ import argparse
 
 from sapo.config.loader import load_config
 from sapo.config.render import dump_config, format_startup_report
-from sapo.config.validate import check_single_process, derived_quantities, validate
+from sapo.config.validate import check_world_size, configured_world_size, derived_quantities, validate
 
 HELP = "check a configuration (verl key names) and print it resolved, without training"
 
@@ -21,7 +21,10 @@ HELP = "check a configuration (verl key names) and print it resolved, without tr
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML file of overrides, applied before the key=value ones")
     parser.add_argument(
-        "--world-size", type=int, default=1, help="processes the run will use (default 1; only 1 for now)"
+        "--world-size",
+        type=int,
+        default=None,
+        help="processes the run will use (default: trainer.nnodes x trainer.n_gpus_per_node)",
     )
     parser.add_argument("--dump", help="also write the resolved config to this YAML file")
     parser.add_argument(
@@ -31,9 +34,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
-    check_single_process(args.world_size)
-    validate(config, world_size=args.world_size)
-    print(format_startup_report(config, derived_quantities(config, world_size=args.world_size)), end="")
+    world_size = configured_world_size(config) if args.world_size is None else args.world_size
+    check_world_size(config, world_size)
+    validate(config, world_size=world_size)
+    print(format_startup_report(config, derived_quantities(config, world_size=world_size)), end="")
     if args.dump:
         print(f"resolved config written to {dump_config(config, args.dump)}")
     return 0

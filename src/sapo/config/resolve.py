@@ -72,4 +72,7 @@ def resolve_config(config: Config) -> Config:
         buffer.max_resp_len = data.max_response_length
     if critic.loss_agg_mode is None:
         critic.loss_agg_mode = "token-mean"
+    for fsdp in (actor.fsdp_config, arr.ref.fsdp_config, critic.model.fsdp_config):
+        if fsdp.model_dtype is None:
+            fsdp.model_dtype = arr.model.dtype
     return config

@@ -133,6 +133,44 @@ class OptimConfig:
 
 
 @dataclass
+class FsdpConfig:
+    """verl's ``fsdp_config`` keys that FSDP2 honours when several processes train one model (see
+    docs/distributed.md). verl's other ``fsdp_config`` keys (wrap_policy, forward_prefetch, offload_policy,
+    ...) are accepted and ignored (sapo.config.verl_keys)."""
+
+    param_offload: bool = opt(
+        False,
+        "Keep parameters, gradients and optimizer state in host memory between uses (FSDP2's "
+        "CPUOffloadPolicy, which offloads all three together; GPU only).",
+    )
+    optimizer_offload: bool = opt(
+        False,
+        "Same switch as param_offload: FSDP2's CPUOffloadPolicy offloads parameters, gradients and optimizer "
+        "state together, so either key turns it on.",
+    )
+    reshard_after_forward: bool = opt(
+        True, "Free each layer's gathered parameters after its forward (false: keep them until the backward)."
+    )
+    fsdp_size: int = opt(
+        -1,
+        "Processes one copy of the model is sharded over. -1: all of them. k > 0: shard within groups of k "
+        "processes and replicate across the groups (HSDP); k must divide the world size.",
+    )
+    model_dtype: str | None = opt(
+        None,
+        "dtype the sharded parameters are kept in: float32 | bfloat16 | float16 (fp32, bf16, fp16). "
+        "null: actor_rollout_ref.model.dtype.",
+    )
+    mixed_precision: dict = opt(
+        {},
+        "FSDP2 MixedPrecisionPolicy: keys param_dtype (compute dtype of the gathered parameters), "
+        "reduce_dtype (dtype gradients are reduced in), buffer_dtype (accepted; FSDP2 keeps buffers in "
+        "model_dtype); values bf16 | bfloat16 | fp16 | float16 | fp32 | float32. "
+        "E.g. {param_dtype: bf16, reduce_dtype: fp32}. {}: off (compute in model_dtype).",
+    )
+
+
+@dataclass
 class ActorConfig:
     ppo_mini_batch_size: int = opt(
         8, "Prompts per mini-batch (x rollout.n sequences); one optimizer step each.", verl=256
@@ -169,6 +207,7 @@ class ActorConfig:
     kl_loss_type: str = opt("low_var_kl", "KL estimator: kl (k1) | abs | mse (k2) | low_var_kl (k3) | full.")
     grad_clip: float = opt(1.0, "Clip the global gradient norm to this (<= 0: no clipping).")
     optim: OptimConfig = section(OptimConfig, "Actor optimizer and schedule.")
+    fsdp_config: FsdpConfig = section(FsdpConfig, "Sharding of the policy over several processes.")
 
 
 @dataclass
@@ -211,6 +250,7 @@ class RefConfig:
         "Sequences per forward pass for ref_log_prob. null: ppo_micro_batch_size_per_gpu. With "
         "actor.use_dynamic_bsz the actor's token budget is used instead.",
     )
+    fsdp_config: FsdpConfig = section(FsdpConfig, "Sharding of the reference model.")
 
 
 @dataclass
@@ -219,6 +259,11 @@ class ActorRolloutRefConfig:
     actor: ActorConfig = section(ActorConfig, "Policy update.")
     rollout: RolloutConfig = section(RolloutConfig, "Generation.")
     ref: RefConfig = section(RefConfig, "Reference policy (a frozen copy of the initial model).")
+    nccl_timeout: int = opt(
+        600,
+        "Seconds: time-out of every collective (gloo and nccl); a rank that dies makes the others exit "
+        "after at most this long.",
+    )
 
 
 # ------------------------------------------------------------------------------------------- critic
@@ -236,6 +281,7 @@ class CriticModelConfig:
     trust_remote_code: bool = opt(False, "Only false (see actor_rollout_ref.model.trust_remote_code).")
     override_config: dict = opt({}, "Only {} (see actor_rollout_ref.model.override_config).")
     enable_gradient_checkpointing: bool = opt(False, "Recompute activations in backward.", verl=True)
+    fsdp_config: FsdpConfig = section(FsdpConfig, "Sharding of the value model.")
 
 
 @dataclass
@@ -365,6 +411,13 @@ class TrainerConfig:
         1, "Seed of everything not seeded otherwise (model init, sampling, shuffles).", verl=NO_VERL_DEFAULT
     )
     device: str = opt("auto", "auto (cuda if available) | cuda | cpu.", verl="cuda")
+    nnodes: int = opt(1, "Nodes. > 1: run torchrun on each node, see docs/distributed.md.")
+    n_gpus_per_node: int = opt(
+        1,
+        "Processes per node, one per device (gloo processes on CPU). > 1 without torchrun: sapo train "
+        "starts them itself. nnodes x n_gpus_per_node must equal torchrun's process count unless both are 1.",
+        verl=8,
+    )
     cpu_threads: int | None = opt(
         None,
         "torch intra-op threads (torch.set_num_threads). null: torch's default, one per core. Set 1 when "

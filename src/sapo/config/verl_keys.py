@@ -63,10 +63,13 @@ def _normalise(value: Any) -> Any:
     return value
 
 
-# sapo trains in one process today (multi-process training is open work): a parallel size other than 1
-# would be silently ignored, so only 1 is accepted.
-_PARALLEL = "parallelism of verl's engines; sapo runs one process with one engine, so only 1 is accepted"
-_ONE_PROCESS = "sapo train runs as one process for now (multi-process training is not implemented yet)"
+# sapo's only parallelism is data-parallel FSDP2 over the processes (trainer.nnodes x n_gpus_per_node): a
+# tensor, pipeline, sequence or expert parallel size other than 1 would be silently ignored, so only 1 is
+# accepted.
+_PARALLEL = (
+    "parallelism of verl's engines; sapo shards with FSDP2 over trainer.nnodes x trainer.n_gpus_per_node "
+    "processes, each with one rollout engine, so only 1 is accepted"
+)
 _ENGINE = "tunes the inference engine's memory/scheduling, not what is generated"
 _MICRO = "forward-only batching; sapo uses ppo_micro_batch_size_per_gpu / ppo_max_token_len_per_gpu"
 _KERNEL = "kernel/compile choice; the computed values are the same"
@@ -76,10 +79,11 @@ IGNORED_KEYS: tuple[IgnoredKey, ...] = (
     # --- actor / ref / critic engines
     IgnoredKey(
         "actor_rollout_ref.*.fsdp_config.*",
-        "FSDP engine tuning (offload, prefetch, wrap policy, "
-        "dtypes); precision is actor_rollout_ref.model.dtype",
+        "FSDP engine tuning that FSDP2 does not need (prefetch, wrap policy, ...); the keys sapo honours "
+        "(param_offload, optimizer_offload, reshard_after_forward, fsdp_size, model_dtype, mixed_precision) "
+        "are config fields",
     ),
-    IgnoredKey("critic.model.fsdp_config.*", "FSDP engine tuning"),
+    IgnoredKey("critic.model.fsdp_config.*", "FSDP engine tuning that FSDP2 does not need"),
     IgnoredKey("critic.fsdp.*", "FSDP engine tuning"),
     IgnoredKey("actor_rollout_ref.*.megatron.*", _PARALLEL),
     IgnoredKey("critic.megatron.*", _PARALLEL),
@@ -114,7 +118,6 @@ IGNORED_KEYS: tuple[IgnoredKey, ...] = (
     IgnoredKey(
         "actor_rollout_ref.hybrid_engine", "training and generation always share the process", (True,)
     ),
-    IgnoredKey("actor_rollout_ref.nccl_timeout", "collective time-out"),
     IgnoredKey(
         "actor_rollout_ref.actor.optim.optimizer_impl",
         "sapo's AdamW computes torch.optim.AdamW's update",
@@ -198,8 +201,6 @@ IGNORED_KEYS: tuple[IgnoredKey, ...] = (
     IgnoredKey("reward_model.launch_reward_fn_async", "scoring runs in the trainer process"),
     IgnoredKey("trainer.critic_warmup", "actor updates start at step 1", (0,)),
     # --- trainer infrastructure
-    IgnoredKey("trainer.nnodes", _ONE_PROCESS, (1,)),
-    IgnoredKey("trainer.n_gpus_per_node", _ONE_PROCESS, (1,)),
     IgnoredKey(
         "trainer.balance_batch",
         "reorders sequences across ranks for load balance; the mini-batch gradient is unchanged",

@@ -170,7 +170,45 @@ def _lm_head_of(model):
     return head
 
 
+# Attribute under which `sapo.distributed.fsdp.shard_model` puts an FSDP-registered copy of
+# `compute_token_log_probs` on a sharded model: this pass reads the decoder and the LM head's weight without
+# calling the model's forward, so FSDP must be told to gather the root's parameters for it.
+SHARDED_LOG_PROBS = "sapo_token_log_probs"
+
+
 def token_log_probs(
+    model,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_length: int,
+    *,
+    temperature: float = 1.0,
+    compute_entropy: bool = False,
+    chunk_size: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """`compute_token_log_probs`, through the model's FSDP-registered method when it is sharded."""
+    compute = getattr(model, SHARDED_LOG_PROBS, None)
+    if compute is None:
+        return compute_token_log_probs(
+            model,
+            input_ids,
+            attention_mask,
+            response_length,
+            temperature=temperature,
+            compute_entropy=compute_entropy,
+            chunk_size=chunk_size,
+        )
+    return compute(
+        input_ids,
+        attention_mask,
+        response_length,
+        temperature=temperature,
+        compute_entropy=compute_entropy,
+        chunk_size=chunk_size,
+    )
+
+
+def compute_token_log_probs(
     model,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,

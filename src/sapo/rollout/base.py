@@ -10,6 +10,11 @@ quantity the trainer recomputes with `sapo.models.logprobs.token_log_probs(..., 
 so the two can be compared token by token. The log-prob of the truncated distribution the sampler really
 drew from is larger by ``-log(kept probability mass)``; with ``top_k`` off and ``top_p == 1`` they coincide.
 Greedy decoding (``do_sample=False`` or ``temperature == 0``) reports ``log softmax(logits)`` (temperature 1).
+
+Seeds: ``generate`` takes one seed per prompt, and sample ``j`` of prompt ``i`` depends only on that
+prompt's tokens, ``seeds[i]``, ``j``, the weights and the sampling numbers, never on the other prompts of
+the call, their order or their number (`sapo.rollout.seeds`): several processes, each generating its share
+of a step's prompts, draw what one process would have drawn.
 """
 
 from __future__ import annotations
@@ -18,9 +23,11 @@ import math
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
+import numpy as np
 import torch
 
 from sapo.errors import UserError
+from sapo.rollout.seeds import TRAIN_STREAM, rollout_seeds
 
 
 @dataclass(frozen=True)
@@ -28,8 +35,9 @@ class SamplingParams:
     """How to sample. Names follow verl's ``actor_rollout_ref.rollout.*`` keys where they exist.
 
     ``top_k`` of -1 or 0 means off (verl uses -1). ``temperature == 0`` or ``do_sample=False`` is greedy.
-    ``seed`` makes sampling reproducible; None draws one from torch's global generator (so
-    ``torch.manual_seed`` still makes a run reproducible).
+    ``seed`` makes sampling reproducible when ``generate`` gets no per-prompt seeds (the prompts' seeds are
+    then derived from it and their positions); None draws one from torch's global generator (so
+    ``torch.manual_seed`` still makes a run reproducible). Per-prompt seeds passed to ``generate`` win.
     """
 
     n: int = 1
@@ -99,8 +107,12 @@ class RolloutBatch:
 class RolloutEngine(Protocol):
     """What the trainer needs from a generation backend."""
 
-    def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> RolloutBatch:
-        """Sample ``sampling.n`` responses for each prompt (token ids, no padding)."""
+    def generate(
+        self, prompts: list[list[int]], sampling: SamplingParams, seeds: list[int] | None = None
+    ) -> RolloutBatch:
+        """Sample ``sampling.n`` responses for each prompt (token ids, no padding). ``seeds``: one int per
+        prompt (`sapo.rollout.seeds.rollout_seeds`); sample ``j`` of prompt ``i`` depends on ``seeds[i]``
+        and ``j``, not on the other prompts. None: derived as `prompt_seeds` says."""
         ...
 
     def update_weights(self, weights) -> None:
@@ -130,6 +142,34 @@ def check_prompts(prompts, vocab_size: int, max_new_tokens: int, context_length:
                 f"(data.max_prompt_length <= {context_length - max_new_tokens}, data.filter_overlong_prompts)"
                 " or lower the response length"
             )
+
+
+def prompt_seeds(num_prompts: int, sampling: SamplingParams, seeds=None) -> list[int]:
+    """The per-prompt seeds of one ``generate`` call: ``seeds`` as given (checked: one int per prompt), or,
+    for None, ``rollout_seeds(base, TRAIN_STREAM, 0, range(num_prompts))`` with ``base = sampling.seed``,
+    else one draw of torch's global generator (so ``torch.manual_seed`` still makes a run reproducible)."""
+    if seeds is None:
+        base = sampling.seed if sampling.seed is not None else int(torch.randint(0, 2**62, ()).item())
+        return rollout_seeds(base, TRAIN_STREAM, 0, range(num_prompts))
+    if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__len__"):
+        raise UserError(
+            f"generate() got seeds={seeds!r}: pass a list with one integer seed per prompt "
+            "(sapo.rollout.seeds.rollout_seeds), or None"
+        )
+    if len(seeds) != num_prompts:
+        raise UserError(
+            f"generate() got {len(seeds)} seeds for {num_prompts} prompts: pass one integer seed per prompt "
+            "(sapo.rollout.seeds.rollout_seeds), or None"
+        )
+    out = []
+    for i, seed in enumerate(seeds):
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise UserError(
+                f"seed {i} of generate() is {seed!r}: seeds must be non-negative integers, one per prompt "
+                "(sapo.rollout.seeds.rollout_seeds)"
+            )
+        out.append(int(seed))
+    return out
 
 
 def left_pad(prompts: list[list[int]], pad_token_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -2,14 +2,20 @@
 
 Algorithm of `HFRolloutEngine.generate`:
 
-1. check prompts and sampling numbers (before any compute); repeat each prompt ``n`` times, left-pad;
-2. prefill the prompts (one forward over ``[N, P]``), which fills a KV cache;
-3. per step: sample a token per active row (`sample_next_token`, seeded `torch.Generator`), record it and
-   its log-prob; rows that sampled EOS are finished; once finished rows make up a quarter of the batch,
-   drop them from the batch and the cache (they stop costing compute); decode the next token;
-4. assemble a `RolloutBatch` (responses right-padded to the longest one).
+1. check prompts, sampling numbers and seeds (before any compute); left-pad the prompts;
+2. draw the noise: output row ``i * n + j`` (sample ``j`` of prompt ``i``) gets ``max_new_tokens`` uniforms
+   from its own generator, seeded with ``sample_seed(seeds[i], j)`` (`sapo.rollout.seeds`), once per call;
+3. prefill the prompts (one forward over ``[B, P]``), which fills a KV cache, repeated ``n`` times;
+4. per step: sample a token per active row (`sample_next_token`: inverse CDF of the filtered distribution
+   at the row's uniform for this step), record it and its log-prob; rows that sampled EOS are finished;
+   once finished rows make up a quarter of the batch, drop them from the batch and the cache (they stop
+   costing compute; the map from batch rows to output rows carries each row's noise along); decode;
+5. assemble a `RolloutBatch` (responses right-padded to the longest one).
 
-Two steppers do steps 2-3: `FastDecoder` (a compact forward with a static cache for Qwen3 / Qwen2 / Llama,
+A row's tokens are a function of its prompt, its seed, the weights and the sampling numbers only, not of
+the other prompts in the call, their order or their number (up to float rounding of batched matmuls).
+
+Two steppers do steps 3-4: `FastDecoder` (a compact forward with a static cache for Qwen3 / Qwen2 / Llama,
 see its module) and `_HFStepper` (the model's own forward with a ``DynamicCache``; any causal LM, e.g.
 Qwen3-MoE). Both produce the same tokens and log-probs up to float rounding.
 
@@ -27,10 +33,11 @@ from contextlib import contextmanager
 import torch
 
 from sapo.errors import UserError
-from sapo.rollout.base import RolloutBatch, SamplingParams, check_prompts, left_pad
+from sapo.rollout.base import RolloutBatch, SamplingParams, check_prompts, left_pad, prompt_seeds
 from sapo.rollout.fast_decoder import FastDecoder, fused_layers, supports_fast_path
 from sapo.rollout.registry import register_rollout_engine
 from sapo.rollout.sampling import sample_next_token
+from sapo.rollout.seeds import sample_seed
 from sapo.rollout.weights import WeightStream, copy_weights_into
 
 # Compact the batch once this fraction of its rows has finished: copying the cache costs about as much as
@@ -147,20 +154,26 @@ class HFRolloutEngine:
             return FastDecoder(self.model, self._fused[1], batch_size, max_length)
         return _HFStepper(self.model)
 
-    def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> RolloutBatch:
+    def generate(
+        self, prompts: list[list[int]], sampling: SamplingParams, seeds: list[int] | None = None
+    ) -> RolloutBatch:
+        """``sampling.n`` responses per prompt; ``seeds``: one per prompt (`sapo.rollout.seeds`), None:
+        derived from ``sampling.seed`` or, without one, from torch's global generator."""
         sampling.validate()
         config = self.model.config
         context = getattr(config, "max_position_embeddings", None)
         check_prompts(prompts, config.vocab_size, sampling.max_new_tokens, context)
+        seeds = prompt_seeds(len(prompts), sampling, seeds)
         device = self.model.get_input_embeddings().weight.device
         prompt_ids, prompt_mask = left_pad(prompts, self.pad_token_id, device)  # [B, P]
-        seed = sampling.seed if sampling.seed is not None else int(torch.randint(0, 2**62, ()).item())
-        generator = torch.Generator(device=device).manual_seed(seed)
+        # [N, max_new]: the uniforms of output row i*n+j, drawn once from its own seed (none for greedy)
+        uniforms = None if sampling.greedy else row_uniforms(seeds, sampling.n, sampling.max_new_tokens)
+        uniforms = uniforms.to(device) if uniforms is not None else None
         with torch.no_grad(), _eval_mode(self.model):
-            tokens, log_probs, lengths = self._sample(prompt_ids, prompt_mask, sampling, generator)
+            tokens, log_probs, lengths = self._sample(prompt_ids, prompt_mask, sampling, uniforms)
         return self._assemble(prompt_ids, prompt_mask, tokens, log_probs, lengths, sampling.n)
 
-    def _sample(self, prompt_ids, prompt_mask, sampling, generator):
+    def _sample(self, prompt_ids, prompt_mask, sampling, uniforms):
         """Token ids, log-probs ``[N, max_new]`` and response lengths ``[N]`` (-1 while unfinished)."""
         num, max_new = prompt_ids.shape[0] * sampling.n, sampling.max_new_tokens
         device = prompt_ids.device
@@ -173,7 +186,9 @@ class HFRolloutEngine:
         rows = torch.arange(num, device=device)  # batch row -> output row
         live = torch.ones(num, dtype=torch.bool, device=device)  # per batch row, not finished yet
         for step in range(max_new):
-            next_tokens, next_log_probs = sample_next_token(logits, sampling, generator)  # [b], [b]
+            # rows maps batch rows to output rows, so each row keeps its own uniforms through compaction
+            step_uniforms = None if uniforms is None else uniforms[rows, step]  # [b]
+            next_tokens, next_log_probs = sample_next_token(logits, sampling, step_uniforms)  # [b], [b]
             tokens[rows[live], step] = next_tokens[live]
             log_probs[rows[live], step] = next_log_probs[live]
             ended = live & torch.isin(next_tokens, eos)  # [b]
@@ -208,6 +223,17 @@ class HFRolloutEngine:
             prompt_index=torch.arange(num_prompts, device=tokens.device).repeat_interleave(n),
             pad_token_id=self.pad_token_id,
         )
+
+
+def row_uniforms(seeds: list[int], n: int, max_new_tokens: int) -> torch.Tensor:
+    """``[len(seeds) * n, max_new_tokens]`` uniforms in [0, 1): row ``i * n + j`` (sample ``j`` of prompt
+    ``i``) from its own generator, seeded with ``sample_seed(seeds[i], j)``."""
+    rows = [
+        torch.rand(max_new_tokens, generator=torch.Generator().manual_seed(sample_seed(seed, j)))
+        for seed in seeds
+        for j in range(n)
+    ]
+    return torch.stack(rows)
 
 
 register_rollout_engine("hf", lambda: HFRolloutEngine)

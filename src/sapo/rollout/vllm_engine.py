@@ -15,6 +15,11 @@ Log-probs: vLLM is asked for ``logprobs=0`` (the sampled token's log-prob) with
 ``token_log_probs(..., temperature=T)``. With top-k / top-p on, vLLM's processed log-probs may be those of
 the truncated distribution (see `sapo.rollout.base` for the ``hf`` engine's convention).
 
+Seeds: one request per prompt, each with ``SamplingParams(seed=seeds[i])``, so a prompt's samples come
+from its own seeded generator, whatever else is in the batch (see `sapo.rollout.seeds`). vLLM's own
+sampler is not the ``hf`` engine's inverse-CDF draw: the two engines draw different (equally distributed)
+responses from the same seed.
+
 Not run in this project's CI (no GPU, no vLLM there): see docs/models_and_rollout.md.
 """
 
@@ -25,7 +30,7 @@ import os
 import torch
 
 from sapo.errors import UserError
-from sapo.rollout.base import RolloutBatch, SamplingParams, check_prompts, left_pad
+from sapo.rollout.base import RolloutBatch, SamplingParams, check_prompts, left_pad, prompt_seeds
 from sapo.rollout.registry import register_rollout_engine
 from sapo.rollout.weights import WeightStream, check_is_stream
 
@@ -94,23 +99,32 @@ class VLLMRolloutEngine:
         )
         self.llm.reset_prefix_cache()  # cached prompt KV was computed with the old weights
 
-    def _vllm_sampling(self, sampling: SamplingParams):
+    def _vllm_sampling(self, sampling: SamplingParams, seed: int | None = None):
+        """vLLM's sampling parameters for one request; ``seed`` (the prompt's) seeds its ``n`` samples."""
         return self._vllm.SamplingParams(
             n=sampling.n,
             temperature=0.0 if sampling.greedy else sampling.temperature,
             top_p=sampling.top_p,
             top_k=sampling.top_k if sampling.top_k > 0 else -1,
             max_tokens=sampling.max_new_tokens,
-            seed=sampling.seed,
+            seed=seed,
             logprobs=0,
             detokenize=False,
         )
 
-    def generate(self, prompts: list[list[int]], sampling: SamplingParams) -> RolloutBatch:
+    def generate(
+        self, prompts: list[list[int]], sampling: SamplingParams, seeds: list[int] | None = None
+    ) -> RolloutBatch:
+        """``seeds``: one per prompt (`sapo.rollout.base.prompt_seeds` for None). One request per prompt,
+        each with its own ``SamplingParams(seed=seeds[i])``: vLLM gives a seeded request its own generator,
+        so its ``n`` samples do not depend on the other requests of the batch."""
         sampling.validate()
         check_prompts(prompts, self.model.config.vocab_size, sampling.max_new_tokens, self.context_length)
+        seeds = prompt_seeds(len(prompts), sampling, seeds)
         outputs = self.llm.generate(
-            [{"prompt_token_ids": list(p)} for p in prompts], self._vllm_sampling(sampling), use_tqdm=False
+            [{"prompt_token_ids": list(p)} for p in prompts],
+            [self._vllm_sampling(sampling, seed) for seed in seeds],  # one per request, in order
+            use_tqdm=False,
         )
         responses, log_probs, truncated = [], [], []
         for request in outputs:

@@ -24,6 +24,7 @@ from sapo.core.aggregation import aggregate_loss
 from sapo.core.kl import kl_penalty
 from sapo.core.losses import get_policy_loss
 from sapo.core.masked import masked_mean
+from sapo.distributed.world import World
 from sapo.models.logprobs import token_log_probs
 from sapo.trainer.ppo_update import UpdateSchedule, ppo_update
 
@@ -58,11 +59,18 @@ def needs_old_log_prob(num_sequences: int, schedule: UpdateSchedule) -> bool:
 
 
 def update_actor(
-    model: torch.nn.Module, optimizer, batch: Batch, settings: ActorUpdateSettings, generator: torch.Generator
+    model: torch.nn.Module,
+    optimizer,
+    batch: Batch,
+    settings: ActorUpdateSettings,
+    generator: torch.Generator,
+    world: World | None = None,
 ) -> dict[str, float]:
     """Run every epoch and mini-batch of one rollout; return metrics averaged over optimizer steps."""
     micro_loss = partial(policy_micro_loss, settings=settings.loss)
-    return ppo_update(model, optimizer, batch, settings.schedule, generator, micro_loss, prefix="actor")
+    return ppo_update(
+        model, optimizer, batch, settings.schedule, generator, micro_loss, prefix="actor", world=world
+    )
 
 
 def policy_micro_loss(model, micro: Batch, counts: dict, *, settings: PolicyLossSettings):

@@ -16,7 +16,9 @@ from torch import nn
 
 from sapo.batch import Batch
 from sapo.core.value_loss import clipped_value_loss
+from sapo.distributed.world import World
 from sapo.models.logprobs import position_ids_from_mask
+from sapo.trainer.forward_pass import forward_rows
 from sapo.trainer.ppo_update import UpdateSchedule, ppo_update
 
 
@@ -43,17 +45,20 @@ class ValueModel(nn.Module):
         return self.value_head(hidden).squeeze(-1).float()  # [B, R]
 
 
-@torch.no_grad()
 def compute_values(
-    critic: ValueModel, batch: Batch, micro_batch_size: int, max_tokens: int | None = None
+    critic: ValueModel,
+    batch: Batch,
+    micro_batch_size: int,
+    max_tokens: int | None = None,
+    world: World | None = None,
 ) -> torch.Tensor:
-    critic.eval()
-    out = batch.response_mask.new_zeros(batch.num_sequences, batch.response_length)  # [N, R]
-    for rows, micro in batch.micro_batches(micro_batch_size, max_tokens):
-        trimmed = micro.trimmed()
-        values = critic(trimmed.input_ids, trimmed.attention_mask, trimmed.response_length)  # [n, r]
-        out[rows, : values.shape[1]] = values
-    return out * batch.response_mask  # [N, R]
+    """The critic's values of the batch's response tokens (no gradient), 0 on padding: ``[N, R]``."""
+
+    def forward(micro: Batch) -> torch.Tensor:
+        return critic(micro.input_ids, micro.attention_mask, micro.response_length)  # [n, r]
+
+    values = forward_rows(critic, batch, micro_batch_size, max_tokens, forward, world)  # [N, R]
+    return values * batch.response_mask
 
 
 @dataclass(frozen=True)
@@ -66,12 +71,19 @@ class CriticUpdateSettings:
 
 
 def update_critic(
-    critic: ValueModel, optimizer, batch: Batch, settings: CriticUpdateSettings, generator: torch.Generator
+    critic: ValueModel,
+    optimizer,
+    batch: Batch,
+    settings: CriticUpdateSettings,
+    generator: torch.Generator,
+    world: World | None = None,
 ) -> dict[str, float]:
     """Every epoch and mini-batch of one rollout; ``critic/vf_loss``, ``critic/vf_clipfrac`` (token-weighted
     over the mini-batch) and ``critic/grad_norm``, averaged over optimizer steps."""
     micro_loss = partial(value_micro_loss, settings=settings)
-    return ppo_update(critic, optimizer, batch, settings.schedule, generator, micro_loss, prefix="critic")
+    return ppo_update(
+        critic, optimizer, batch, settings.schedule, generator, micro_loss, prefix="critic", world=world
+    )
 
 
 def value_micro_loss(critic, micro: Batch, counts: dict, *, settings: CriticUpdateSettings):

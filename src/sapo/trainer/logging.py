@@ -166,6 +166,20 @@ class MetricsLogger:
         self.close()
 
 
+class SilentLogger:
+    """The logger of every rank but 0 in a multi-process run: the metrics are the same on every rank
+    (reduced or computed on the gathered batch), so only rank 0 prints and writes them."""
+
+    def log(self, metrics: dict[str, Any], step: int) -> None:
+        pass
+
+    def write(self, text: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
 def truncate_metrics(path: Path, after_step: int) -> None:
     """Drop records with step > ``after_step`` (rewritten atomically)."""
     if not path.is_file():

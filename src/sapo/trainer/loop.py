@@ -13,6 +13,11 @@ Per step:
 7. log; validate every ``trainer.test_freq`` steps; checkpoint every ``trainer.save_freq`` steps.
 
 At the end: a last validation and checkpoint, and the policy exported as a Hugging Face directory.
+
+The same function runs in every process of a multi-process run (`sapo.distributed`, docs/distributed.md):
+each rank generates its share of the prompts, with sampling seeds from the prompt's place in the batch
+and the step (never the rank); the batch is gathered whole on every rank, so steps 3-5 compute the
+single-process numbers; every forward/backward pass takes the rank's share of its rows; rank 0 writes.
 """
 
 from __future__ import annotations
@@ -26,9 +31,10 @@ from sapo.config import Config
 from sapo.core.advantages import compute_advantages
 from sapo.core.diagnostics import rollout_mismatch_metrics
 from sapo.core.kl import kl_penalty
-from sapo.rollout.weights import weight_stream
+from sapo.distributed.fsdp import full_weights
+from sapo.rollout.seeds import TRAIN_STREAM, rollout_seeds
 from sapo.run_dir import HF_MODEL_DIR
-from sapo.trainer import checkpoint as ckpt
+from sapo.trainer import run_checkpoint
 from sapo.trainer.actor import needs_old_log_prob, update_actor
 from sapo.trainer.critic import compute_values, update_critic
 from sapo.trainer.generations import (
@@ -91,47 +97,54 @@ def training_step(run: TrainingRun) -> dict[str, float]:
     start = time.perf_counter()
     epoch_before = run.sampler.epoch
     items = [run.train_set[i] for i in run.sampler.next_batch(run.config.data.train_batch_size)]
+    seeds = rollout_seeds(run.config.trainer.seed, TRAIN_STREAM, run.global_step, range(len(items)))
     with _timer(timing, "gen"):
-        scored = generate_and_score(run.engine, run.tokenizer, run.reward, items, run.sampling)
+        scored = generate_and_score(
+            run.engine, run.tokenizer, run.reward, items, run.sampling, seeds=seeds, world=run.world
+        )
     batch = scored.batch
     temperature = run.actor.loss.temperature  # log-probs of logits / the rollout temperature
     with _timer(timing, "old_log_prob"):
         if needs_old_log_prob(batch.num_sequences, run.actor.schedule) or run.kl_ctrl is not None:
             batch.old_log_prob = compute_log_probs(
-                run.policy, batch, run.log_prob_micro, temperature, run.log_prob_max_tokens
+                run.policy, batch, run.log_prob_micro, temperature, run.log_prob_max_tokens, run.world
             )
     if run.reference is not None:
         with _timer(timing, "ref"):
             batch.ref_log_prob = compute_log_probs(
-                run.reference, batch, run.ref_log_prob_micro, temperature, run.log_prob_max_tokens
+                run.reference, batch, run.ref_log_prob_micro, temperature, run.log_prob_max_tokens, run.world
             )
     if run.critic is not None:
         with _timer(timing, "values"):
             schedule = run.critic_settings.schedule
             batch.values = compute_values(
-                run.critic, batch, schedule.micro_batch_size, schedule.max_token_len
+                run.critic, batch, schedule.micro_batch_size, schedule.max_token_len, run.world
             )
     with _timer(timing, "adv"):
         reward_metrics = _rewards_and_advantages(run, batch)
     with _timer(timing, "update_critic"):
         critic_metrics = (
-            update_critic(run.critic, run.critic_optimizer, batch, run.critic_settings, run.shuffle_generator)
+            update_critic(
+                run.critic, run.critic_optimizer, batch, run.critic_settings, run.shuffle_generator, run.world
+            )
             if run.critic is not None
             else {}
         )
     with _timer(timing, "update_actor"):
-        actor_metrics = update_actor(run.policy, run.optimizer, batch, run.actor, run.shuffle_generator)
+        actor_metrics = update_actor(
+            run.policy, run.optimizer, batch, run.actor, run.shuffle_generator, run.world
+        )
     lr = run.scheduler.get_last_lr()[0]
     run.scheduler.step()
     if run.critic_scheduler is not None:
         run.critic_scheduler.step()
-    run.engine.update_weights(weight_stream(run.policy))
+    run.engine.update_weights(full_weights(run.policy))
     run.global_step += 1
     timing["step"] = time.perf_counter() - start
     metrics = {**batch_metrics(batch, timing), **reward_metrics, **critic_metrics, **actor_metrics}
     metrics.update(scored.reward.metrics())
     metrics.update(_overlong_metrics(run, scored.reward))
-    if run.config.trainer.rollout_data_dir:
+    if run.config.trainer.rollout_data_dir and run.world.is_main:
         records = generation_records(scored, run.global_step, batch.advantages, batch.response_mask)
         dump_generations(run.config.trainer.rollout_data_dir, run.global_step, records)
     if batch.old_log_prob is not None:
@@ -202,10 +215,12 @@ def validate(run: TrainingRun) -> dict[str, float]:
         step=run.global_step,
         records=records,
         shuffle_seed=data.seed if data.validation_shuffle else None,
+        seed=trainer.seed,
+        world=run.world,
     )
-    if trainer.validation_data_dir:
+    if trainer.validation_data_dir and run.world.is_main:
         dump_generations(trainer.validation_data_dir, run.global_step, records)
-    if trainer.log_val_generations > 0:
+    if trainer.log_val_generations > 0 and run.world.is_main:
         shown = records[: trainer.log_val_generations]
         append_val_generations(run.run_dir, shown)
         run.logger.write(format_val_generations(shown))
@@ -217,22 +232,8 @@ def validate(run: TrainingRun) -> dict[str, float]:
 
 
 def save(run: TrainingRun) -> Path:
-    components = {}
-    if run.critic is not None:
-        components = {"critic": run.critic, "critic_optimizer": run.critic_optimizer}
-        if run.critic_scheduler is not None:
-            components["critic_scheduler"] = run.critic_scheduler
-    return ckpt.save_checkpoint(
-        run.run_dir,
-        run.global_step,
-        model=run.policy,
-        optimizer=run.optimizer,
-        scheduler=run.scheduler,
-        extra_state=run.extra_state(),
-        components=components,
-        max_to_keep=run.config.trainer.max_actor_ckpt_to_keep,
-    )
+    return run_checkpoint.save(run)
 
 
 def export(run: TrainingRun) -> Path:
-    return ckpt.export_hf(run.policy, run.tokenizer, run.run_dir / HF_MODEL_DIR)
+    return run_checkpoint.export(run, run.run_dir / HF_MODEL_DIR)

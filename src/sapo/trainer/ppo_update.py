@@ -13,6 +13,14 @@ For one rollout batch of ``N`` sequences:
 4. clip the gradients to ``grad_clip`` (global L2 norm; ``<= 0``: no clipping, the norm is still logged) and
    skip the step, rather than take it, when the norm is not finite (verl's rule).
 
+In a world of several processes every rank holds the whole batch and draws the same shuffle; of each
+mini-batch it processes its share of the rows (`World.share`), with the counts of step 2 taken over the
+whole mini-batch, and the gradients of the ranks add up (each loss is scaled by the world size, which
+FSDP's averaging divides out, `sapo.distributed.fsdp`): the update is the single-process one, whatever
+the world size and micro-batch size (verl #5798 is this bug). Every rank runs the same number of
+micro-batches (a rank with fewer repeats its last one with zero weight), because each forward and
+backward is a collective under FSDP.
+
 What is optimised is the caller's ``micro_loss(model, micro, counts) -> (loss, metrics, terms)``: ``loss``
 is back-propagated; ``metrics`` are that micro-batch's own statistics (combined over micro-batches and
 optimizer steps by :func:`sapo.core.diagnostics.reduce_metrics`: means, min / max for extremes); ``terms``
@@ -32,6 +40,8 @@ import torch
 from sapo.batch import Batch
 from sapo.core.aggregation import num_valid_seqs
 from sapo.core.diagnostics import reduce_metrics
+from sapo.distributed.fsdp import local_scalar
+from sapo.distributed.world import World
 
 # (model, trimmed micro-batch, mini-batch counts) -> (loss, micro-batch metrics, additive loss terms)
 MicroLoss = Callable[[torch.nn.Module, Batch, dict], tuple[torch.Tensor, dict, dict]]
@@ -70,9 +80,11 @@ def ppo_update(
     micro_loss: MicroLoss,
     *,
     prefix: str,
+    world: World | None = None,
 ) -> dict[str, float]:
     """Every epoch and mini-batch of one rollout; metrics combined over optimizer steps. ``prefix``
     (``actor`` / ``critic``) names the gradient-norm and skipped-step metrics."""
+    world = world or World()
     model.train()
     history: list[dict[str, float]] = []
     for _ in range(schedule.ppo_epochs):
@@ -80,30 +92,36 @@ def ppo_update(
         order = torch.randperm(n, generator=generator) if schedule.shuffle else torch.arange(n)
         for rows in order.split(schedule.mini_batch_size):
             mini = batch.select(rows)
-            history.append(_optimizer_step(model, optimizer, mini, schedule, micro_loss, prefix))
+            history.append(_optimizer_step(model, optimizer, mini, schedule, micro_loss, prefix, world))
     return reduce_metrics(history)
 
 
-def _optimizer_step(model, optimizer, mini: Batch, schedule: UpdateSchedule, micro_loss, prefix: str):
+def _optimizer_step(model, optimizer, mini: Batch, schedule: UpdateSchedule, micro_loss, prefix, world):
     optimizer.zero_grad(set_to_none=True)
-    counts = mini_batch_counts(mini, schedule.loss_scale_factor)
+    counts = mini_batch_counts(mini, schedule.loss_scale_factor)  # over the whole mini-batch
+    local = mini.select(list(world.share(mini.num_sequences)))
+    micro_batches = local.micro_batches(schedule.micro_batch_size, schedule.max_token_len)
     per_micro, term_sums = [], defaultdict(float)
-    for _, micro in mini.micro_batches(schedule.micro_batch_size, schedule.max_token_len):
+    for i in range(world.max(len(micro_batches))):
+        _, micro = micro_batches[min(i, len(micro_batches) - 1)]
         loss, metrics, terms = micro_loss(model, micro.trimmed(), counts)
-        loss.backward()
+        if i >= len(micro_batches):  # a repeat that keeps the ranks' collectives in step
+            (loss * 0.0).backward()
+            continue
+        (loss * world.size).backward()  # FSDP averages over ranks; the losses are already global
         per_micro.append(metrics)
         for name, value in terms.items():
             term_sums[name] += value  # globally normalised terms add up to the mini-batch's value
     params = [p for p in model.parameters() if p.requires_grad]
     max_norm = schedule.grad_clip if schedule.grad_clip > 0 else float("inf")
-    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, max_norm))
+    grad_norm = local_scalar(torch.nn.utils.clip_grad_norm_(params, max_norm))
     if math.isfinite(grad_norm):
         optimizer.step()
     else:
         optimizer.zero_grad(set_to_none=True)
     return {
-        **reduce_metrics(per_micro),
-        **term_sums,
+        **reduce_metrics(world.gather_lists(per_micro)),
+        **world.sum(dict(term_sums)),
         f"{prefix}/grad_norm": grad_norm,
         f"{prefix}/skipped_steps": 0.0 if math.isfinite(grad_norm) else 1.0,
     }

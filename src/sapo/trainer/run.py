@@ -1,14 +1,14 @@
 """A run's state: every component a training step needs, built once by :func:`start_run`, and what a
 checkpoint saves beyond the weights (:meth:`TrainingRun.extra_state`).
 
-``start_run`` validates the config before any compute, seeds everything, builds the models, data, rollout
-engine, reward manager, optimizers and logger, prints and stores the resolved config and derived
-quantities, and resumes from a checkpoint as ``trainer.resume_mode`` says.
+``start_run`` validates the config before any compute, joins the process group when there are several
+processes (`sapo.distributed`), seeds everything, builds the models (sharded with FSDP2 over several
+processes), data, rollout engine, reward manager, optimizers and logger, prints and stores the resolved
+config and derived quantities (rank 0), and resumes from a checkpoint as ``trainer.resume_mode`` says.
 """
 
 from __future__ import annotations
 
-import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,19 +19,20 @@ import torch
 from sapo.config import Config, derived_quantities, resolve_config, validate
 from sapo.config.components import engine_settings, estimator_numbers
 from sapo.config.render import record_startup
-from sapo.config.validate import check_single_process, training_schedule
+from sapo.config.validate import check_world_size, training_schedule
 from sapo.core.kl import AdaptiveKLController, FixedKLController
 from sapo.data.sampler import ResumableSampler
-from sapo.errors import ConfigError
+from sapo.distributed.env import launched_world_size
+from sapo.distributed.fsdp import full_weights, shard_model
+from sapo.distributed.world import World, init_world
 from sapo.optim import AdamW
 from sapo.rollout import make_rollout_engine
 from sapo.rollout.base import SamplingParams
-from sapo.rollout.weights import weight_stream
 from sapo.trainer import checkpoint as ckpt
-from sapo.trainer import settings
+from sapo.trainer import run_checkpoint, settings
 from sapo.trainer.actor import ActorUpdateSettings
 from sapo.trainer.critic import CriticUpdateSettings
-from sapo.trainer.logging import MetricsLogger
+from sapo.trainer.logging import MetricsLogger, SilentLogger
 from sapo.trainer.setup import (
     build_dataset,
     build_models,
@@ -64,7 +65,7 @@ class TrainingRun:
     val_sampling: SamplingParams
     estimator_kwargs: dict
     shuffle_generator: torch.Generator
-    logger: MetricsLogger | None
+    logger: MetricsLogger | SilentLogger | None
     total_steps: int
     log_prob_micro: int  # rollout.log_prob_micro_batch_size_per_gpu: old_log_prob passes
     ref_log_prob_micro: int  # ref.log_prob_micro_batch_size_per_gpu: ref_log_prob passes
@@ -74,6 +75,9 @@ class TrainingRun:
     critic_optimizer: AdamW | None = None
     critic_scheduler: object | None = None
     critic_settings: CriticUpdateSettings | None = None
+    world: World = field(default_factory=World)
+    model_path: Path | None = None  # the policy's Hugging Face directory
+    rollout_model: torch.nn.Module | None = None  # the policy, or its unsharded copy (sapo.distributed.fsdp)
     global_step: int = 0
     warm_start: dict | None = None
     derived: dict = field(default_factory=dict)
@@ -100,6 +104,7 @@ class TrainingRun:
         close = getattr(self.reward, "close", None)
         if close is not None:
             close()
+        self.world.close()
 
 
 def seed_everything(seed: int) -> None:
@@ -108,34 +113,34 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def launched_world_size() -> int:
-    """The process count a launcher (torchrun) announces in ``WORLD_SIZE``; 1 without one."""
-    text = os.environ.get("WORLD_SIZE", "1")
-    if not text.strip().isdigit():
-        raise ConfigError(f"WORLD_SIZE={text!r} is not a process count: unset it or launch with torchrun")
-    return int(text)
-
-
-def _check_and_seed(config: Config) -> None:
-    """Resolve and reject an impossible config before any compute; set threads and seeds."""
+def _check_and_seed(config: Config) -> tuple[World, torch.device]:
+    """Resolve and reject an impossible config before any compute; join the process group; set threads
+    and seeds."""
     resolve_config(config)  # idempotent: a config from load_config is resolved already
-    check_single_process(launched_world_size())
-    validate(config)
+    world_size = launched_world_size()
+    check_world_size(config, world_size)
+    validate(config, world_size=world_size)
+    device = resolve_device(config.trainer.device)
+    arr = config.actor_rollout_ref
+    world = init_world(device, arr.nccl_timeout, fsdp_size=arr.actor.fsdp_config.fsdp_size)
+    if device.type == "cuda" and world.size > 1:
+        device = torch.device("cuda", world.local_rank)
     if config.trainer.cpu_threads is not None:
         torch.set_num_threads(config.trainer.cpu_threads)
     seed_everything(config.trainer.seed)
+    return world, device
 
 
 def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
-    _check_and_seed(config)
+    world, device = _check_and_seed(config)
     trainer, data = config.trainer, config.data
     actor_cfg, rollout_cfg = config.actor_rollout_ref.actor, config.actor_rollout_ref.rollout
     run_dir = run_dir_of(config)
     run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(trainer.device)
     use_kl_in_reward = config.algorithm.use_kl_in_reward
-    train_files, val_files = data_files(config, run_dir)  # before the warm start: a bad task size fails fast
-    models = build_models(config, device, needs_reference=actor_cfg.use_kl_loss or use_kl_in_reward)
+    # before the warm start, so a bad task size fails fast; rank 0 writes the built-in task's files
+    train_files, val_files = world.on_main(lambda: data_files(config, run_dir))
+    models = build_models(config, device, actor_cfg.use_kl_loss or use_kl_in_reward, world)
     models.tokenizer = apply_tokenizer_settings(
         models.tokenizer,
         models.policy,
@@ -160,7 +165,7 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
         tokenizer=models.tokenizer,
         reference=models.reference,
         engine=make_rollout_engine(
-            rollout_cfg.name, models.policy, models.tokenizer, **engine_settings(config)
+            rollout_cfg.name, models.rollout_model, models.tokenizer, **engine_settings(config)
         ),
         reward=build_reward(config),
         train_set=train_set,
@@ -179,13 +184,22 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
         ref_log_prob_micro=ref_log_prob_micro,
         log_prob_max_tokens=actor.schedule.max_token_len,
         warm_start=models.warm_start,
+        world=world,
+        model_path=models.path,
+        rollout_model=models.rollout_model,
     )
     if use_kl_in_reward:
         run.kl_ctrl = _kl_controller(config)
     if config.critic.enable:
         _attach_critic(run, models, total_steps)
     resumed_from = _resume(run)
-    run.derived = {**derived_quantities(config, train_dataset_size=len(train_set)), "run_dir": str(run_dir)}
+    derived = derived_quantities(config, world_size=world.size, train_dataset_size=len(train_set))
+    run.derived = {**derived, "run_dir": str(run_dir)}
+    if world.size > 1:
+        run.derived["device_mesh"] = _mesh_text(world)
+    if not world.is_main:
+        run.logger = SilentLogger()
+        return run
     _record_start(run, resumed_from, quiet)
     trainer = config.trainer
     run.logger = MetricsLogger(
@@ -197,6 +211,12 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
         resume_step=run.global_step,  # 0 on a fresh start: clears an old metrics.jsonl
     )
     return run
+
+
+def _mesh_text(world: World) -> str:
+    mesh = world.mesh
+    names = mesh.mesh_dim_names or ()
+    return " x ".join(f"{name}={size}" for name, size in zip(names, mesh.shape)) + f" ({mesh.device_type})"
 
 
 def _kl_controller(config: Config):
@@ -214,10 +234,11 @@ def _attach_critic(run: TrainingRun, models, total_steps: int) -> None:
     critic_cfg = config.critic
     path = critic_cfg.model.path or models.path  # null: the policy's directory (the warm-started tiny model)
     model_cfg = config.actor_rollout_ref.model
-    base, _ = load_model_and_tokenizer(path, dtype=model_cfg.dtype, device=run.device, impl=model_cfg.impl)
+    fsdp = critic_cfg.model.fsdp_config
+    base, _ = load_model_and_tokenizer(path, dtype=fsdp.model_dtype, device=run.device, impl=model_cfg.impl)
     if critic_cfg.model.enable_gradient_checkpointing:
         base.gradient_checkpointing_enable()
-    run.critic = ValueModel(base)
+    run.critic = shard_model(ValueModel(base), run.world, settings.sharding(fsdp), run.device)
     run.critic_optimizer, run.critic_scheduler = build_optimizer_and_scheduler(
         run.critic.parameters(), critic_cfg.optim, total_steps
     )
@@ -229,14 +250,8 @@ def _resume(run: TrainingRun) -> Path | None:
     path = ckpt.find_resume_checkpoint(run.run_dir, trainer.resume_mode, trainer.resume_from_path)
     if path is None:
         return None
-    components = {}
-    if run.critic is not None:
-        components = {"critic": run.critic, "critic_optimizer": run.critic_optimizer}
-        if run.critic_scheduler is not None:
-            components["critic_scheduler"] = run.critic_scheduler
-    state = ckpt.load_checkpoint(path, run.policy, run.optimizer, run.scheduler, components=components)
-    run.load_extra_state(state)
-    run.engine.update_weights(weight_stream(run.policy))
+    run.load_extra_state(run_checkpoint.load(run, path))
+    run.engine.update_weights(full_weights(run.policy))
     return path
 
 

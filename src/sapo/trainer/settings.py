@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from sapo.config import Config
 from sapo.config.components import policy_loss_numbers
+from sapo.distributed.fsdp import ShardingSettings
 from sapo.rollout.base import SamplingParams
 from sapo.trainer.actor import ActorUpdateSettings, PolicyLossSettings
 from sapo.trainer.critic import CriticUpdateSettings
@@ -88,4 +89,17 @@ def val_sampling(config: Config) -> SamplingParams:
         top_k=val.top_k,
         max_new_tokens=config.actor_rollout_ref.rollout.response_length,
         do_sample=val.do_sample,
+    )
+
+
+def sharding(fsdp_config) -> ShardingSettings:
+    """FSDP2 settings from an ``fsdp_config`` section (actor, ref or critic). FSDP2 has one offload policy:
+    parameters, gradients and the optimizer state (created beside its parameters) move to host memory
+    together, so ``param_offload`` and ``optimizer_offload`` both turn it on."""
+    precision = fsdp_config.mixed_precision or {}
+    return ShardingSettings(
+        reshard_after_forward=fsdp_config.reshard_after_forward,
+        offload=fsdp_config.param_offload or fsdp_config.optimizer_offload,
+        param_dtype=precision.get("param_dtype"),
+        reduce_dtype=precision.get("reduce_dtype"),
     )

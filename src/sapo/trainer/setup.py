@@ -22,12 +22,16 @@ import torch
 from sapo.config import Config
 from sapo.data.dataset import RLDataset
 from sapo.data.rows import load_rows
+from sapo.distributed.fsdp import shard_model
+from sapo.distributed.world import World
 from sapo.errors import ConfigError, DataError
+from sapo.models.dtypes import resolve_dtype
 from sapo.models.loading import load_model_and_tokenizer
 from sapo.optim import build_adamw, build_scheduler, warmup_steps
 from sapo.rewards.custom import load_custom_reward_function
 from sapo.rewards.managers import build_reward_manager
 from sapo.run_dir import DATA_DIR, TRAIN_FILE, VAL_FILE
+from sapo.trainer import settings
 
 
 def run_dir_of(config: Config) -> Path:
@@ -174,26 +178,39 @@ def build_reward(config: Config):
 
 @dataclass
 class Models:
-    policy: torch.nn.Module
+    policy: torch.nn.Module  # sharded with FSDP2 when there are several processes
     tokenizer: object
     reference: torch.nn.Module | None
     path: Path
     warm_start: dict | None
+    rollout_model: torch.nn.Module  # what the rollout engine samples from: the policy itself in one
+    # process; an unsharded copy, refreshed after every step (sapo.distributed.fsdp), in several
 
 
-def build_models(config: Config, device: torch.device, needs_reference: bool) -> Models:
-    path, warm = policy_model_path(config)
-    model_cfg = config.actor_rollout_ref.model
+def build_models(config: Config, device: torch.device, needs_reference: bool, world: World) -> Models:
+    path, warm = world.on_main(lambda: policy_model_path(config))  # a warm start trains on rank 0 alone
+    arr = config.actor_rollout_ref
+    model_cfg, actor_fsdp = arr.model, arr.actor.fsdp_config
     policy, tokenizer = load_model_and_tokenizer(
-        path, dtype=model_cfg.dtype, device=device, impl=model_cfg.impl
+        path, dtype=actor_fsdp.model_dtype, device=device, impl=model_cfg.impl
     )
     if model_cfg.enable_gradient_checkpointing:
         policy.gradient_checkpointing_enable()
     reference = None
     if needs_reference:
-        reference = copy.deepcopy(policy).eval()
+        reference = copy.deepcopy(policy).to(resolve_dtype(arr.ref.fsdp_config.model_dtype)).eval()
         reference.requires_grad_(False)
-    return Models(policy=policy, tokenizer=tokenizer, reference=reference, path=path, warm_start=warm)
+        shard_model(reference, world, settings.sharding(arr.ref.fsdp_config), device)
+    rollout_model = policy if world.size == 1 else copy.deepcopy(policy)
+    shard_model(policy, world, settings.sharding(actor_fsdp), device)
+    return Models(
+        policy=policy,
+        tokenizer=tokenizer,
+        reference=reference,
+        path=path,
+        warm_start=warm,
+        rollout_model=rollout_model,
+    )
 
 
 def build_optimizer_and_scheduler(params: Iterable[torch.nn.Parameter], optim_config, total_steps: int):

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import random
 
+from sapo.distributed.world import World
 from sapo.rollout.base import SamplingParams
+from sapo.rollout.seeds import VALIDATION_STREAM, rollout_seeds
 from sapo.trainer.generations import generation_records
 from sapo.trainer.rollout_step import generate_and_score
 from sapo.trainer.validation_metrics import validation_metrics
@@ -26,13 +28,18 @@ def run_validation(
     step: int = 0,
     records: list[dict] | None = None,
     shuffle_seed: int | None = None,
+    seed: int = 0,
+    world: World | None = None,
 ) -> dict[str, float]:
     """Generate for every validation prompt and return the ``val-core/...`` and ``val-aux/...`` metrics.
 
     ``records``: a list that receives one record per response (:mod:`sapo.trainer.generations`).
     ``shuffle_seed``: visit the prompts in a seeded random order (``data.validation_shuffle``) instead of
     dataset order; it changes the generation batches and the order of the records, not the metrics'
-    definition."""
+    definition. ``seed``: the base of the per-prompt sampling seeds (`sapo.rollout.seeds`, validation
+    stream), one per place in the visiting order and the same at every validation, so successive
+    validations differ only by the policy. ``world``: the processes split each batch (see
+    `generate_and_score`); every rank returns the same metrics and records."""
     order = list(range(len(dataset)))
     if shuffle_seed is not None:
         random.Random(shuffle_seed).shuffle(order)
@@ -40,7 +47,11 @@ def run_validation(
     size = batch_size or len(items)
     sources, prompt_ids, rewards, correct = [], [], [], []
     for start in range(0, len(items), size):
-        scored = generate_and_score(engine, tokenizer, reward_manager, items[start : start + size], sampling)
+        chunk = items[start : start + size]
+        seeds = rollout_seeds(seed, VALIDATION_STREAM, 0, range(start, start + len(chunk)))
+        scored = generate_and_score(
+            engine, tokenizer, reward_manager, chunk, sampling, seeds=seeds, world=world
+        )
         accs = scored.reward.extra_info.get("acc") or [None] * len(scored.responses)
         for item, score, acc in zip(scored.items, scored.reward.scores, accs):
             sources.append(item["data_source"])
