@@ -1,12 +1,17 @@
 """Fixtures for end-to-end trainer tests: tiny real models saved to disk and a gsm8k-layout parquet file."""
 
 import random
+import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from sapo.models.tiny import TinyModelSpec, build_tiny_model
+
+# The multi-process tests share distributed_worker.py (helpers, and the script torchrun runs).
+sys.path.insert(0, str(Path(__file__).parent))
 
 SMALL = dict(
     hidden_size=32,

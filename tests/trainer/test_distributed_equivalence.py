@@ -12,24 +12,15 @@ function of the response text, so the advantages are not all zero.
 """
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from distributed_worker import REWARD, base_overrides, run_jobs
 from safetensors.torch import load_file
 
 from sapo.config import load_config
 from sapo.trainer.loop import train
-
-WORKER = Path(__file__).with_name("distributed_worker.py")
-
-REWARD = """
-def compute_score(data_source, solution_str, ground_truth, extra_info=None):
-    return (len(solution_str) % 3) / 2.0
-"""
 
 CASES = {
     "sapo-token-mean": ["actor_rollout_ref.actor.loss_agg_mode=token-mean"],
@@ -43,11 +34,19 @@ CASES = {
         "actor_rollout_ref.actor.loss_agg_mode=token-mean",
         "actor_rollout_ref.actor.use_kl_loss=true",
     ],
-    "vanilla-seq-mean-gae": [
+    "vanilla-seq-mean-gae-checkpointing": [
         "actor_rollout_ref.actor.policy_loss.loss_mode=vanilla",
         "actor_rollout_ref.actor.loss_agg_mode=seq-mean-token-mean",
         "algorithm.adv_estimator=gae",
         "critic.optim.lr=1e-3",
+        "actor_rollout_ref.model.enable_gradient_checkpointing=true",
+        "critic.model.enable_gradient_checkpointing=true",
+    ],
+    "moe-hf-dynamic-batch": [
+        "actor_rollout_ref.model.path={moe}",
+        "actor_rollout_ref.model.impl=hf",
+        "actor_rollout_ref.actor.use_dynamic_bsz=true",
+        "actor_rollout_ref.actor.ppo_max_token_len_per_gpu=90",
     ],
     "gspo-seq-mean": [
         "actor_rollout_ref.actor.policy_loss.loss_mode=gspo",
@@ -62,58 +61,35 @@ CASES = {
 }
 
 
-def base_overrides(model: str, files, reward: Path, run_dir: Path) -> list[str]:
-    train_file, test_file = files
-    return [
-        f"actor_rollout_ref.model.path={model}",
-        f"data.train_files={train_file}",
-        f"data.val_files={test_file}",
-        f"custom_reward_function.path={reward}",
-        "data.train_batch_size=8",
-        "data.max_prompt_length=64",
-        "data.max_response_length=6",
-        "actor_rollout_ref.rollout.n=2",
-        "actor_rollout_ref.actor.ppo_mini_batch_size=4",
-        "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=1",
-        "actor_rollout_ref.actor.optim.lr=1e-3",
-        "actor_rollout_ref.actor.optim.lr_scheduler_type=constant",
-        "trainer.total_training_steps=2",
-        "trainer.save_freq=0",
-        "trainer.test_freq=0",
-        "trainer.val_before_train=false",
-        "trainer.logger=[]",
-        "trainer.device=cpu",
-        "trainer.cpu_threads=1",
-        f"trainer.default_local_dir={run_dir}",
-        f"trainer.rollout_data_dir={run_dir / 'rollouts'}",
-    ]
+# Sharding choices that must not change the result either, on the distributed runs only: fsdp_size=2 is
+# plain FSDP on 2 processes and HSDP (2 replicas of 2 shards) on 4; the gathered weights kept for backward.
+DISTRIBUTED_ONLY = {
+    "sapo-token-mean": [
+        "actor_rollout_ref.actor.fsdp_config.fsdp_size=2",
+        "actor_rollout_ref.actor.fsdp_config.reshard_after_forward=false",
+    ],
+}
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, tiny_qwen3, gsm8k_files):
+def runs(tmp_path_factory, tiny_qwen3, tiny_qwen3_moe, gsm8k_files):
     """``runs[world_size][case]``: the run directory of each case in 1, 2 and 4 processes."""
     root = tmp_path_factory.mktemp("equivalence")
     reward = root / "reward.py"
     reward.write_text(REWARD)
     dirs = {w: {case: root / f"w{w}" / case for case in CASES} for w in (1, 2, 4)}
-    for case, extra in CASES.items():
+    cases = {case: [o.format(moe=tiny_qwen3_moe) for o in extra] for case, extra in CASES.items()}
+    for case, extra in cases.items():
         train(load_config(None, base_overrides(tiny_qwen3, gsm8k_files, reward, dirs[1][case]) + extra))
     for world_size in (2, 4):
         jobs = [
-            base_overrides(tiny_qwen3, gsm8k_files, reward, dirs[world_size][c]) + CASES[c] for c in CASES
+            base_overrides(tiny_qwen3, gsm8k_files, reward, dirs[world_size][case])
+            + extra
+            + DISTRIBUTED_ONLY.get(case, [])
+            for case, extra in cases.items()
         ]
-        job_file = root / f"jobs{world_size}.json"
-        job_file.write_text(json.dumps(jobs))
-        torchrun(world_size, [str(WORKER), str(job_file)])
+        run_jobs(world_size, jobs, root / f"jobs{world_size}.json")
     return dirs
-
-
-def torchrun(nproc: int, arguments: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
-    done = subprocess.run(command + arguments, env=env, capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-6000:]
-    return done
 
 
 def rollouts(run_dir: Path) -> list[dict]:
@@ -134,8 +110,9 @@ def test_same_responses_as_one_process(runs, case, world_size):
 
 @pytest.mark.parametrize("world_size", [2, 4])
 @pytest.mark.parametrize("case", list(CASES))
-def test_same_parameters_as_one_process(runs, case, world_size, tiny_qwen3):
-    initial = load_file(Path(tiny_qwen3) / "model.safetensors")
+def test_same_parameters_as_one_process(runs, case, world_size, tiny_qwen3, tiny_qwen3_moe):
+    model = tiny_qwen3_moe if case.startswith("moe") else tiny_qwen3
+    initial = load_file(Path(model) / "model.safetensors")
     one = load_file(runs[1][case] / "hf_model" / "model.safetensors")
     many = load_file(runs[world_size][case] / "hf_model" / "model.safetensors")
     assert one.keys() == many.keys()
