@@ -38,13 +38,16 @@ SPEC = dict(
 )
 
 
+PROMPTS, SAMPLES = 16, 4  # per step
+
+
 def overrides(model: Path, run_dir: Path, steps: int) -> list[str]:
     return [
         f"actor_rollout_ref.model.path={model}",
-        "data.train_batch_size=16",
+        f"data.train_batch_size={PROMPTS}",
         "data.max_response_length=64",
-        "actor_rollout_ref.rollout.n=4",
-        "actor_rollout_ref.actor.ppo_mini_batch_size=16",
+        f"actor_rollout_ref.rollout.n={SAMPLES}",
+        f"actor_rollout_ref.actor.ppo_mini_batch_size={PROMPTS}",
         "actor_rollout_ref.actor.ppo_micro_batch_size_per_gpu=32",
         "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu=32",
         f"trainer.total_training_steps={steps}",
@@ -86,7 +89,11 @@ def measure(nproc: int, model: Path, root: Path, steps: int, index: int) -> dict
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
     rows = [r for r in rows if "timing_s/step" in r][1:]  # the first step pays one-off costs
     seconds = statistics.median(r["timing_s/step"] for r in rows)
-    tokens = statistics.median(r["response_length/mean"] + r["prompt_length/mean"] for r in rows) * 32
+    tokens = (
+        statistics.median(r["response_length/mean"] + r["prompt_length/mean"] for r in rows)
+        * PROMPTS
+        * SAMPLES
+    )
     rss = [json.loads((run_dir / f"rss_rank{r}.json").read_text())["peak_rss_mib"] for r in range(nproc)]
     return {"seconds": seconds, "tokens_per_s": tokens / seconds, "rss": rss}
 

@@ -173,3 +173,35 @@ def test_torchrun_restarts_resume_from_the_last_checkpoint(tmp_path, setup):
     assert latest_checkpoint(run_dir).name == "global_step_4"
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").open()]
     assert steps == [1, 2, 3, 4]
+
+
+TWO_GPUS = pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs 2 CUDA devices")
+
+
+@pytest.mark.gpu
+@TWO_GPUS
+def test_two_gpus_with_nccl_train_like_one_gpu(tmp_path, setup):
+    """nccl, one process per GPU, float32: the same weights as one GPU."""
+    on_gpu = [o.replace("trainer.device=cpu", "trainer.device=cuda") for o in setup(tmp_path / "x")]
+    one, two = tmp_path / "one", tmp_path / "two"
+    train(load_config(None, [o for o in on_gpu if "default_local_dir" not in o]
+                      + [f"trainer.default_local_dir={one}"]))  # fmt: skip
+    run_jobs(2, [[o for o in on_gpu if "default_local_dir" not in o] + [f"trainer.default_local_dir={two}"]],
+             tmp_path / "jobs.json")  # fmt: skip
+    assert_same(weights(two), weights(one), atol=1e-5)
+
+
+@pytest.mark.gpu
+@TWO_GPUS
+def test_two_gpus_with_bf16_mixed_precision_and_offload_train(tmp_path, setup):
+    """MixedPrecisionPolicy (bf16 compute, fp32 reduce) and CPUOffloadPolicy run end to end and move the
+    weights; bf16 rounding makes them differ from fp32, so only progress and finiteness are checked."""
+    run_dir = tmp_path / "run"
+    extra = [
+        "trainer.device=cuda",
+        "actor_rollout_ref.actor.fsdp_config.mixed_precision={param_dtype: bf16, reduce_dtype: fp32}",
+        "actor_rollout_ref.actor.fsdp_config.param_offload=true",
+    ]
+    run_jobs(2, [setup(run_dir) + extra], tmp_path / "jobs.json")
+    trained = weights(run_dir)
+    assert all(torch.isfinite(t).all() for t in trained.values())

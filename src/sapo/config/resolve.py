@@ -72,7 +72,9 @@ def resolve_config(config: Config) -> Config:
         buffer.max_resp_len = data.max_response_length
     if critic.loss_agg_mode is None:
         critic.loss_agg_mode = "token-mean"
-    for fsdp in (actor.fsdp_config, arr.ref.fsdp_config, critic.model.fsdp_config):
+    if actor.fsdp_config.model_dtype is None:
+        actor.fsdp_config.model_dtype = arr.model.dtype
+    for fsdp in (arr.ref.fsdp_config, critic.model.fsdp_config):  # copies of the policy: its dtype
         if fsdp.model_dtype is None:
-            fsdp.model_dtype = arr.model.dtype
+            fsdp.model_dtype = actor.fsdp_config.model_dtype
     return config

@@ -159,7 +159,7 @@ class FsdpConfig:
     model_dtype: str | None = opt(
         None,
         "dtype the sharded parameters are kept in: float32 | bfloat16 | float16 (fp32, bf16, fp16). "
-        "null: actor_rollout_ref.model.dtype.",
+        "null: actor_rollout_ref.model.dtype for the actor; the actor's model_dtype for ref and critic.",
     )
     mixed_precision: dict = opt(
         {},
