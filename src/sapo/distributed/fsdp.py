@@ -60,6 +60,7 @@ def shard_model(
         return model
     from torch.distributed.fsdp import (
         CPUOffloadPolicy,
+        FSDPModule,
         MixedPrecisionPolicy,
         fully_shard,
         register_fsdp_forward_method,
@@ -76,6 +77,9 @@ def shard_model(
     for layer in decoder_layers(model):
         fully_shard(layer, **options)
     fully_shard(model, **options)
+    for module in model.modules():  # an MoE expert no token reached on one rank still takes part in the
+        if isinstance(module, FSDPModule):  # gradient reduce-scatter, or the ranks' buffers would differ
+            module.set_reduce_scatter_unused_params(True)
     if hasattr(model, "get_decoder"):  # a causal LM (the critic's ValueModel goes through forward)
         setattr(model, SHARDED_LOG_PROBS, types.MethodType(compute_token_log_probs, model))
         register_fsdp_forward_method(model, SHARDED_LOG_PROBS)

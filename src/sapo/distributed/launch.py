@@ -10,6 +10,7 @@ naming the rank.
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import uuid
 from collections.abc import Callable
@@ -21,7 +22,7 @@ def torchrun_command(nnodes: int, nproc_per_node: int, arguments: list[str]) -> 
     """The command to run on every node of a multi-node job."""
     return (
         f"torchrun --nnodes {nnodes} --nproc_per_node {nproc_per_node} --node_rank <0..{nnodes - 1}> "
-        f"--rdzv-backend c10d --rdzv-endpoint <HOST OF NODE 0>:29500 -m sapo train {' '.join(arguments)}"
+        f"--rdzv-backend c10d --rdzv-endpoint <HOST OF NODE 0>:29500 -m sapo train {shlex.join(arguments)}"
     )
 
 

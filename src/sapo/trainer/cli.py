@@ -49,7 +49,7 @@ def run(args: argparse.Namespace) -> int:
 def _launch(args: argparse.Namespace, config) -> int:
     trainer = config.trainer
     if trainer.nnodes > 1:
-        arguments = ([f"--config {args.config}"] if args.config else []) + list(args.overrides)
+        arguments = (["--config", args.config] if args.config else []) + list(args.overrides)
         raise ConfigError(
             f"trainer.nnodes={trainer.nnodes}: a multi-node run is started by torchrun on every node; run "
             f"`{torchrun_command(trainer.nnodes, trainer.n_gpus_per_node, arguments)}`"

@@ -105,8 +105,8 @@ def _optimizer_step(model, optimizer, mini: Batch, schedule: UpdateSchedule, mic
     for i in range(world.max(len(micro_batches))):
         _, micro = micro_batches[min(i, len(micro_batches) - 1)]
         loss, metrics, terms = micro_loss(model, micro.trimmed(), counts)
-        if i >= len(micro_batches):  # a repeat that keeps the ranks' collectives in step
-            (loss * 0.0).backward()
+        if i >= len(micro_batches):  # a repeat that keeps the ranks' collectives in step (its backward
+            (loss * 0.0).backward()  # must go through the layers' FSDP hooks, so it uses the loss itself)
             continue
         (loss * world.size).backward()  # FSDP averages over ranks; the losses are already global
         per_micro.append(metrics)
