@@ -27,10 +27,11 @@ def gather_batch(world: World, local: Batch, pad_token_id: int, first_prompt: in
     prompt_width = world.max(local.input_ids.shape[1] - local.response_length)
     response_width = world.max(local.response_length)
     padded = local.padded(prompt_width, response_width, pad_token_id)
+    counts = world.gather_objects(local.num_sequences)  # once for every field
     gathered = {}
     for f in fields(Batch):
         value = getattr(padded, f.name)
-        gathered[f.name] = None if value is None else world.gather_rows(value)
+        gathered[f.name] = None if value is None else world.gather_rows(value, counts)
     return Batch(**gathered)
 
 

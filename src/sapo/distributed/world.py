@@ -46,12 +46,12 @@ class World:
         return range(self.rank * n // self.size, (self.rank + 1) * n // self.size)
 
     # ------------------------------------------------------------------------------ collectives
-    def gather_rows(self, local: torch.Tensor) -> torch.Tensor:
+    def gather_rows(self, local: torch.Tensor, counts: list[int] | None = None) -> torch.Tensor:
         """Concatenate every rank's ``local`` along dim 0 in rank order (shares may differ in rows, not in
-        the other dimensions)."""
+        the other dimensions). ``counts``: every rank's row count, when the caller knows them already."""
         if self.size == 1:
             return local
-        counts = [int(c) for c in self.gather_objects(local.shape[0])]
+        counts = counts or [int(c) for c in self.gather_objects(local.shape[0])]
         width = max(counts)
         padded = local.new_zeros((width, *local.shape[1:]), device=self._device())  # nccl: on the GPU
         padded[: local.shape[0]] = local

@@ -23,6 +23,8 @@ the saved memory traffic more than pays for on CPU (see docs/models_and_rollout.
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 
 from sapo.errors import UserError
@@ -187,17 +189,7 @@ def token_log_probs(
     chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """`compute_token_log_probs`, through the model's FSDP-registered method when it is sharded."""
-    compute = getattr(model, SHARDED_LOG_PROBS, None)
-    if compute is None:
-        return compute_token_log_probs(
-            model,
-            input_ids,
-            attention_mask,
-            response_length,
-            temperature=temperature,
-            compute_entropy=compute_entropy,
-            chunk_size=chunk_size,
-        )
+    compute = getattr(model, SHARDED_LOG_PROBS, None) or partial(compute_token_log_probs, model)
     return compute(
         input_ids,
         attention_mask,
