@@ -15,6 +15,7 @@ order (:meth:`World.gather_rows`, :meth:`World.gather_objects`), which is the si
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -141,7 +142,14 @@ def init_world(device: torch.device, timeout_s: float, fsdp_size: int = -1) -> W
         backend = "nccl" if device.type == "cuda" else "gloo"
         if device.type == "cuda":
             torch.cuda.set_device(env_int("LOCAL_RANK", 0))
-        dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+        timeout = timedelta(seconds=timeout_s)
+        store = attempt_store(timeout)
+        if store is None:
+            dist.init_process_group(backend, timeout=timeout)
+        else:
+            dist.init_process_group(
+                backend, store=store, rank=env_int("RANK", 0), world_size=size, timeout=timeout
+            )
         owns = True
     world = World(
         rank=dist.get_rank(),
@@ -151,6 +159,35 @@ def init_world(device: torch.device, timeout_s: float, fsdp_size: int = -1) -> W
     )
     world.mesh = _device_mesh(world, device, fsdp_size)
     return world
+
+
+def attempt_store(timeout: timedelta):
+    """The rendezvous store for this torchrun attempt, or None for ``init_process_group``'s own.
+
+    torchrun (c10d rendezvous, torch >= 2.5) keeps ONE store server in its agent for all restart attempts
+    and hands the workers no per-attempt prefix, so after ``--max-restarts`` a new rank can read the address
+    a dead rank of the previous attempt published and fail to connect (pytorch#135712; seen here as gloo's
+    "connectFullMesh failed ... Connection refused" in about one restart of three). On one node the agent's
+    restart count is the attempt's number for every rank, so keys are prefixed with it. Across nodes the
+    agents' counts can differ; there the launcher must be told not to share its store
+    (``TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1``, docs/distributed.md), which gives each attempt a new one.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    if env_int("GROUP_WORLD_SIZE", 1) > 1:
+        if env_int("TORCHELASTIC_MAX_RESTARTS", 0) > 0 and env_int("RANK", 0) == 0:
+            print(
+                "warning: torchrun shares one rendezvous store across restarts, and a restarted rank may "
+                "read a dead rank's address (pytorch#135712): export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 "
+                "before torchrun on every node",
+                file=sys.stderr,
+                flush=True,
+            )
+        return None
+    client = dist.TCPStore(
+        os.environ["MASTER_ADDR"], env_int("MASTER_PORT", 0), is_master=False, timeout=timeout
+    )
+    return dist.PrefixStore(f"sapo/attempt_{env_int('TORCHELASTIC_RESTART_COUNT', 0)}", client)
 
 
 def _device_mesh(world: World, device: torch.device, fsdp_size: int):
