@@ -13,7 +13,7 @@ import torch
 from sapo.config import derived_quantities, load_config, validate
 from sapo.config.cli import add_arguments
 from sapo.config.cli import run as config_run
-from sapo.config.validate import check_world_size, configured_world_size
+from sapo.config.world_checks import check_world_size, configured_world_size
 from sapo.errors import ConfigError
 
 SECTIONS = (
@@ -286,13 +286,21 @@ def test_mixed_precision_keys_and_dtypes_are_checked(prefix):
         validate(cfg(f"{prefix}.model_dtype=int8"), world_size=2)
 
 
-def test_mixed_precision_in_one_process_is_an_error_not_ignored():
-    # one process is never wrapped with FSDP2, so a mixed-precision policy would be silently dropped
+def test_mixed_precision_in_one_process_is_accepted_with_a_warning():
+    # A run of one process is never wrapped with FSDP2; the key must not stop a multi-GPU run's command
+    # line from resuming on one process, so the policy is dropped with a warning that says so.
+    from sapo.distributed.fsdp import shard_model
+    from sapo.distributed.world import World
+    from sapo.trainer.settings import sharding
+
     config = cfg("actor_rollout_ref.actor.fsdp_config.mixed_precision={param_dtype: bf16}")
-    validate(config, world_size=2)
-    with pytest.raises(ConfigError, match="takes effect only when FSDP2 shards the model over several"):
-        validate(config)
-    validate(cfg("actor_rollout_ref.ref.fsdp_config.mixed_precision={param_dtype: bf16}"))  # no reference
+    validate(config)
+    model = torch.nn.Linear(2, 2)
+    with pytest.warns(UserWarning, match="mixed_precision is ignored in a run of one process"):
+        wrapped = shard_model(
+            model, World(), sharding(config.actor_rollout_ref.actor.fsdp_config), torch.device("cpu")
+        )
+    assert wrapped is model and model.weight.dtype == torch.float32
 
 
 def test_nccl_timeout_must_be_positive():

@@ -14,7 +14,7 @@ import subprocess
 import pytest
 
 from sapo.config import derived_quantities, find_ignored, is_supported_key, load_config, validate
-from sapo.config.validate import check_world_size, configured_world_size
+from sapo.config.world_checks import check_world_size, configured_world_size
 from sapo.errors import ConfigError
 
 pytestmark = pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash to expand the script")

@@ -158,6 +158,13 @@ def test_reduce_metrics_across_micro_batches():
     )
 
 
+def test_reduce_metrics_weights_means_by_tokens_not_min_max():
+    micro = [{"actor/ppo_kl": 0.1, "actor/ratio_max": 1.2}, {"actor/ppo_kl": 0.3, "actor/ratio_max": 1.5}]
+    reduced = reduce_metrics(micro, weights=[3, 1])  # 3 and 1 valid tokens
+    assert reduced == pytest.approx({"actor/ppo_kl": (3 * 0.1 + 0.3) / 4, "actor/ratio_max": 1.5})
+    assert reduce_metrics(micro, weights=[0, 0])["actor/ppo_kl"] == pytest.approx(0.2)  # no tokens: plain
+
+
 def test_selection_quantile_matches_torch_quantile():
     from sapo.core.diagnostics import quantile
 

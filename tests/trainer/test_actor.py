@@ -139,3 +139,35 @@ def test_log_prob_recomputation_is_independent_of_micro_batching(model_dir, micr
     whole = compute_log_probs(model, batch, 4, temperature=1.0)  # [4, R] in one pass
     split = compute_log_probs(model, batch, micro_batch_size, temperature=1.0, max_tokens=max_tokens)
     torch.testing.assert_close(split * batch.response_mask, whole * batch.response_mask, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize(("micro_batch_size", "max_token_len"), [(1, None), (3, None), (4, 13)])
+def test_token_mean_metrics_do_not_depend_on_micro_batching(model_dir, micro_batch_size, max_token_len):
+    """Off-policy (old log-probs shifted by a different amount per token): the token means of the ratio
+    diagnostics, combined over micro-batches of unequal token counts, equal one pass over the mini-batch."""
+    model = AutoModelForCausalLM.from_pretrained(model_dir)
+    batch = make_batch(model.config.vocab_size)
+    shift = torch.linspace(-0.4, 0.5, batch.response_mask.numel()).reshape(batch.response_mask.shape)
+    batch.old_log_prob = compute_log_probs(model, batch, 4, temperature=1.0) + shift  # [4, R]
+    settings = ActorUpdateSettings(schedule=schedule(), loss=sapo_loss())
+    whole = update_actor(
+        copy.deepcopy(model), torch.optim.SGD(model.parameters(), lr=0.0), batch, settings,
+        torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    settings = ActorUpdateSettings(
+        schedule=schedule(micro_batch_size=micro_batch_size, max_token_len=max_token_len), loss=sapo_loss()
+    )
+    split = update_actor(
+        copy.deepcopy(model), torch.optim.SGD(model.parameters(), lr=0.0), batch, settings,
+        torch.Generator().manual_seed(0),
+    )  # fmt: skip
+    for key in (
+        "actor/ratio_mean",
+        "actor/ppo_kl",
+        "actor/sapo/gate_weight_mean",
+        "actor/sapo/soft_clip_frac",
+    ):
+        assert split[key] == pytest.approx(whole[key], rel=1e-5, abs=1e-7), key
+    assert (split["actor/ratio_min"], split["actor/ratio_max"]) == pytest.approx(
+        (whole["actor/ratio_min"], whole["actor/ratio_max"])
+    )

@@ -1,4 +1,5 @@
 import random
+import shutil
 
 import numpy as np
 import pytest
@@ -119,6 +120,22 @@ def test_killed_save_leftovers_are_ignored_and_cleaned(tmp_path):
     save_checkpoint(tmp_path, 2, model=model)
     assert not (tmp_path / ".tmp_global_step_2.999").exists()
     assert find_resume_checkpoint(tmp_path, "auto") == tmp_path / "global_step_2"
+
+
+def test_save_killed_between_renames_restores_the_old_copy(tmp_path):
+    model, _, _ = make_training()
+    save_checkpoint(tmp_path, 1, model=model, extra_state={"step": 1})
+    save_checkpoint(tmp_path, 2, model=model, extra_state={"step": 2})
+    # re-saving step 2 moves the old copy aside first; a kill right then leaves only the copy
+    (tmp_path / "global_step_2").rename(tmp_path / ".old_global_step_2.4242")
+    # and an older re-save left a stale copy beside a step that is still there
+    shutil.copytree(tmp_path / "global_step_1", tmp_path / ".old_global_step_1.77")
+
+    ckpt.remove_stale_temp_dirs(tmp_path)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.is_dir()) == ["global_step_1", "global_step_2"]
+    assert find_resume_checkpoint(tmp_path, "auto") == tmp_path / "global_step_2"
+    assert load_checkpoint(tmp_path / "global_step_2", model) == {"step": 2}
+    assert load_checkpoint(tmp_path / "global_step_1", model) == {"step": 1}
 
 
 def test_keep_last_k_and_resave_same_step(tmp_path):

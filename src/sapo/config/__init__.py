@@ -15,15 +15,9 @@ from sapo.config.render import (
 )
 from sapo.config.resolve import resolve_config
 from sapo.config.schema import Config, LoadReport
-from sapo.config.validate import (
-    check_world_size,
-    configured_world_size,
-    derived_quantities,
-    effective_loss_agg_mode,
-    training_schedule,
-    validate,
-)
+from sapo.config.validate import derived_quantities, effective_loss_agg_mode, training_schedule, validate
 from sapo.config.verl_keys import ALIASES, IGNORED_KEYS, find_ignored
+from sapo.config.world_checks import check_world_size, configured_world_size
 
 __all__ = [
     "ALIASES",

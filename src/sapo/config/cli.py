@@ -13,7 +13,8 @@ import argparse
 
 from sapo.config.loader import load_config
 from sapo.config.render import dump_config, format_startup_report
-from sapo.config.validate import check_world_size, configured_world_size, derived_quantities, validate
+from sapo.config.validate import derived_quantities, validate
+from sapo.config.world_checks import check_world_size, configured_world_size
 
 HELP = "check a configuration (verl key names) and print it resolved, without training"
 

@@ -15,8 +15,12 @@ Combining micro-batches: every function returns *this call's* statistics (means 
 A subset mean with no tokens (e.g. ``_pos`` when no advantage is positive) is left out of the dict, not
 reported as 0. The trainer collects one dict per micro-batch and calls :func:`reduce_metrics`, which takes
 the min of ``*_min`` values, the max of ``*_max`` values and the mean of everything else over the
-micro-batches that reported the key (verl's convention; exact for min/max, equal to the mini-batch mean when
-micro-batches hold equal token counts, and the percentiles are averages of per-micro-batch percentiles).
+micro-batches that reported the key, weighted by their valid tokens. That is exact for min / max and for
+means over all valid tokens (``ratio_mean``, ``ppo_kl``, ``gate_weight_mean``, ``soft_clip_frac``, clip
+fractions, entropy), which therefore do not depend on the micro-batch size or the number of processes
+(verl averages micro-batches unweighted, which does). Means over a subset (``_pos`` / ``_neg``) are
+weighted by all valid tokens, not the subset's, and percentiles are weighted averages of per-micro-batch
+percentiles: both approximations.
 """
 
 from __future__ import annotations
@@ -146,18 +150,31 @@ def rollout_mismatch_metrics(
     }
 
 
-def reduce_metrics(per_micro_batch: Iterable[dict[str, float]]) -> dict[str, float]:
-    """Combine the metric dicts of the micro-batches of a mini-batch (min / max / mean, see module doc)."""
-    collected: dict[str, list[float]] = {}
-    for metrics in per_micro_batch:
+def reduce_metrics(
+    per_micro_batch: Iterable[dict[str, float]], weights: Iterable[float] | None = None
+) -> dict[str, float]:
+    """Combine the metric dicts of the micro-batches of a mini-batch (min / max / mean, see module doc).
+
+    ``weights`` (one per dict, e.g. its valid tokens) make the means weighted ones: with token counts, a
+    mean over all valid tokens comes out the same however the rows were split into micro-batches and
+    ranks. Without weights every dict counts once."""
+    dicts = list(per_micro_batch)
+    weights = [1.0] * len(dicts) if weights is None else [float(w) for w in weights]
+    collected: dict[str, list[tuple[float, float]]] = {}
+    for metrics, weight in zip(dicts, weights, strict=True):
         for key, value in metrics.items():
-            collected.setdefault(key, []).append(float(value))
+            collected.setdefault(key, []).append((float(value), weight))
     reduced = {}
-    for key, values in collected.items():
+    for key, pairs in collected.items():
+        values = [value for value, _ in pairs]
         if key in MIN_REDUCED:
             reduced[key] = min(values)
         elif key in MAX_REDUCED:
             reduced[key] = max(values)
         else:
-            reduced[key] = sum(values) / len(values)
+            total = sum(weight for _, weight in pairs)
+            if total > 0:
+                reduced[key] = sum(value * weight for value, weight in pairs) / total
+            else:
+                reduced[key] = sum(values) / len(values)
     return reduced

@@ -22,6 +22,7 @@ Three choices make ``W`` processes compute what one computes (docs/distributed.m
 from __future__ import annotations
 
 import types
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -57,6 +58,13 @@ def shard_model(
 ) -> nn.Module:
     """Wrap ``model`` in place with FSDP2 over ``world.mesh`` (nothing to do in a world of one process)."""
     if world.size == 1:
+        if settings.param_dtype or settings.reduce_dtype:  # e.g. resuming a multi-GPU run on one GPU
+            warnings.warn(
+                "fsdp_config.mixed_precision is ignored in a run of one process (FSDP2 does not wrap the "
+                "model): the model computes in its own dtype (actor_rollout_ref.model.dtype / "
+                "fsdp_config.model_dtype)",
+                stacklevel=2,
+            )
         return model
     from torch.distributed.fsdp import (
         CPUOffloadPolicy,

@@ -15,7 +15,9 @@ order (:meth:`World.gather_rows`, :meth:`World.gather_objects`), which is the si
 from __future__ import annotations
 
 import os
+import pickle
 import sys
+import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -23,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from sapo.distributed.env import env_int, launched_world_size
-from sapo.errors import ConfigError
+from sapo.errors import ConfigError, UserError
 
 
 @dataclass
@@ -97,17 +99,29 @@ class World:
         return box[0]
 
     def on_main(self, work):
-        """``work()`` run by rank 0 alone (a warm start, files written once), its result on every rank. An
-        exception on rank 0 is raised on every rank, so none waits for a result that never comes."""
-        result, error = None, None
+        """``work()`` run by rank 0 alone (a warm start, files written once), its result on every rank.
+
+        The other ranks do not wait in one collective, which ``nccl_timeout`` would cut short when the work
+        is long (a warm start on a slow machine): rank 0 runs the work in a thread and, every
+        ``HEARTBEAT_S`` seconds, tells them whether it is done. An exception on rank 0 is raised on every
+        rank (as a plain `RuntimeError` / `UserError` with its message when it cannot be pickled), so none
+        waits for a result that never comes."""
+        if self.size == 1:
+            return work()
+        outcome: dict = {}
         if self.is_main:
-            try:
-                result = work()
-            except Exception as exc:  # handed to the other ranks, then raised here too
-                error = exc
-        result, error = self.broadcast((result, error))
+            thread = threading.Thread(target=_run_into, args=(work, outcome), daemon=True)
+            thread.start()
+            while True:
+                thread.join(HEARTBEAT_S)
+                if self.broadcast(not thread.is_alive()):
+                    break
+        else:
+            while not self.broadcast(None):
+                pass
+        result, error = self.broadcast(_picklable(outcome.get("result"), outcome.get("error")))
         if error is not None:
-            raise error
+            raise outcome.get("error", error)  # rank 0 raises its own exception, with its traceback
         return result
 
     def barrier(self) -> None:
@@ -123,6 +137,29 @@ class World:
         if dist.get_backend() == "nccl":
             return torch.device("cuda", torch.cuda.current_device())
         return torch.device("cpu")
+
+
+HEARTBEAT_S = 1.0  # how often rank 0 tells the others whether its own work (World.on_main) is done
+
+
+def _run_into(work, outcome: dict) -> None:
+    try:
+        outcome["result"] = work()
+    except BaseException as exc:  # noqa: BLE001 - handed to every rank and raised there
+        outcome["error"] = exc
+
+
+def _picklable(result, error):
+    """``(result, error)`` as something ``broadcast_object_list`` can send: an error that cannot be
+    pickled becomes one that can, with the same message."""
+    try:
+        pickle.dumps((result, error))
+        return result, error
+    except Exception:  # noqa: BLE001 - any pickling failure
+        if error is None:
+            raise
+        kind = UserError if isinstance(error, UserError) else RuntimeError
+        return None, kind(f"{type(error).__name__} on rank 0: {error}")
 
 
 def init_world(device: torch.device, timeout_s: float, fsdp_size: int = -1) -> World:

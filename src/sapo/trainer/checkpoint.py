@@ -59,7 +59,9 @@ def capture_rng_state() -> dict[str, Any]:
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        # This process's device only: get_rng_state_all would make every rank of a multi-GPU run open a
+        # CUDA context (hundreds of MiB) on every GPU of its node.
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
@@ -77,7 +79,11 @@ def restore_rng_state(state: dict[str, Any]) -> None:
     )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        cuda = state["cuda"]
+        if isinstance(cuda, (list, tuple)):  # checkpoints before 2026-12: one state per visible device
+            cuda = cuda[torch.cuda.current_device()] if torch.cuda.current_device() < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)
 
 
 def _as_python_random_state(state):
@@ -110,7 +116,7 @@ def save_checkpoint(
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    _remove_stale_temp_dirs(run_dir)
+    remove_stale_temp_dirs(run_dir)
     _check_plain(extra_state or {}, "extra_state")
     final = checkpoint_dir(run_dir, step)
     tmp = run_dir / f".tmp_{STEP_PREFIX}{step}.{os.getpid()}"
@@ -196,11 +202,18 @@ def _replace_dir(new: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _remove_stale_temp_dirs(run_dir: Path) -> None:
+def remove_stale_temp_dirs(run_dir: Path) -> None:
+    """Delete what an interrupted save left: half-written ``.tmp_*`` directories, and ``.old_*`` copies of a
+    step that was re-saved. An ``.old_`` copy is the only one left when the save stopped between the two
+    renames of `_replace_dir` (its step directory is missing): it is then complete, and is put back."""
     for path in run_dir.glob(f".tmp_{STEP_PREFIX}*"):
         shutil.rmtree(path, ignore_errors=True)
     for path in run_dir.glob(f".old_{STEP_PREFIX}*"):
-        shutil.rmtree(path, ignore_errors=True)
+        step_dir = run_dir / path.name.removeprefix(".old_").rsplit(".", 1)[0]  # .old_global_step_N.<pid>
+        if not step_dir.exists() and (path / META_FILE).exists():
+            os.replace(path, step_dir)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 _PLAIN = (bool, int, float, str, type(None), torch.Tensor)

@@ -14,7 +14,7 @@ import argparse
 import os
 
 from sapo.config import load_config
-from sapo.config.validate import configured_world_size
+from sapo.config.world_checks import configured_world_size
 from sapo.distributed.env import launched_world_size
 from sapo.distributed.launch import launch_local, torchrun_command
 from sapo.errors import ConfigError, UserError

@@ -101,15 +101,18 @@ def _optimizer_step(model, optimizer, mini: Batch, schedule: UpdateSchedule, mic
     counts = mini_batch_counts(mini, schedule.loss_scale_factor)  # over the whole mini-batch
     local = mini.select(list(world.share(mini.num_sequences)))
     micro_batches = local.micro_batches(schedule.micro_batch_size, schedule.max_token_len)
-    per_micro, term_sums = [], defaultdict(float)
+    per_micro, term_sums = [], defaultdict(float)  # per_micro: (metrics, valid tokens) pairs
     for i in range(world.max(len(micro_batches))):
         _, micro = micro_batches[min(i, len(micro_batches) - 1)]
         loss, metrics, terms = micro_loss(model, micro.trimmed(), counts)
         if i >= len(micro_batches):  # a repeat that keeps the ranks' collectives in step (its backward
-            (loss * 0.0).backward()  # must go through the layers' FSDP hooks, so it uses the loss itself)
+            # must go through the layers' FSDP hooks, so it uses the loss itself). It repeats a micro-batch
+            # this rank already back-propagated with the same weights, so it can only be non-finite (0 x
+            # inf) where that pass already was, and such a step is skipped anyway.
+            (loss * 0.0).backward()
             continue
         (loss * world.size).backward()  # FSDP averages over ranks; the losses are already global
-        per_micro.append(metrics)
+        per_micro.append((metrics, float(micro.response_mask.sum())))  # tokens: its means' weight
         for name, value in terms.items():
             term_sums[name] += value  # globally normalised terms add up to the mini-batch's value
     params = [p for p in model.parameters() if p.requires_grad]
@@ -119,8 +122,9 @@ def _optimizer_step(model, optimizer, mini: Batch, schedule: UpdateSchedule, mic
         optimizer.step()
     else:
         optimizer.zero_grad(set_to_none=True)
+    every_micro = world.gather_lists(per_micro)  # all ranks' micro-batches
     return {
-        **reduce_metrics(world.gather_lists(per_micro)),
+        **reduce_metrics([m for m, _ in every_micro], [tokens for _, tokens in every_micro]),
         **world.sum(dict(term_sums)),
         f"{prefix}/grad_norm": grad_norm,
         f"{prefix}/skipped_steps": 0.0 if math.isfinite(grad_norm) else 1.0,

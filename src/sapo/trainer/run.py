@@ -19,7 +19,8 @@ import torch
 from sapo.config import Config, derived_quantities, resolve_config, validate
 from sapo.config.components import engine_settings, estimator_numbers
 from sapo.config.render import record_startup
-from sapo.config.validate import check_world_size, training_schedule
+from sapo.config.validate import training_schedule
+from sapo.config.world_checks import check_world_size
 from sapo.core.kl import AdaptiveKLController, FixedKLController
 from sapo.data.sampler import ResumableSampler
 from sapo.distributed.env import launched_world_size
@@ -247,6 +248,8 @@ def _attach_critic(run: TrainingRun, models, total_steps: int) -> None:
 
 def _resume(run: TrainingRun) -> Path | None:
     trainer = run.config.trainer
+    if trainer.resume_mode == "auto":  # a save cut short between its renames left the step as .old_*
+        run.world.on_main(lambda: ckpt.remove_stale_temp_dirs(run.run_dir))
     path = ckpt.find_resume_checkpoint(run.run_dir, trainer.resume_mode, trainer.resume_from_path)
     if path is None:
         return None

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import time
 from pathlib import Path
 
@@ -69,8 +68,7 @@ def _save_sharded(run) -> Path:
     world, run_dir, step = run.world, run.run_dir, run.global_step
     tmp = run_dir / f".tmp_{STEP_PREFIX}{step}.sharded"
     if world.is_main:
-        for stale in (*run_dir.glob(f".tmp_{STEP_PREFIX}*"), *run_dir.glob(f".old_{STEP_PREFIX}*")):
-            shutil.rmtree(stale, ignore_errors=True)
+        ckpt.remove_stale_temp_dirs(run_dir)
         tmp.mkdir(parents=True)
     world.barrier()
     tensors, with_state = _tensor_state(run)
