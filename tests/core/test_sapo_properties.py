@@ -33,7 +33,7 @@ def test_gradient_is_minus_a_times_sech2_times_r_times_aggregation_weight(tau_po
     grad = grad_of("sapo", old, new, adv, mask, "seq-mean-token-mean", tau_pos=tau_pos, tau_neg=tau_neg)
     # independent reference: sech^2(tau (r - 1) / 2) = 4 s (1 - s)
     r = torch.exp(new - old)
-    tau = torch.where(adv > 0, tau_pos, tau_neg)
+    tau = torch.where(adv > 0, torch.tensor(tau_pos, dtype=D), torch.tensor(tau_neg, dtype=D))  # float64
     weight = 1.0 / torch.cosh(tau * (r - 1.0) / 2.0) ** 2
     lengths = mask.sum(dim=-1, keepdim=True).to(D)  # seq-mean-token-mean weight: 1 / (L_i * S)
     expected = -adv * weight * r / (lengths * mask.shape[0]) * mask

@@ -38,7 +38,7 @@ MAX_REDUCED = ("actor/ratio_max", "rollout_corr/max_abs_diff")
 
 def sapo_gate_weight(ratio: torch.Tensor, advantages: torch.Tensor, tau_pos: float, tau_neg: float):
     """SAPO's gradient weight ``4 s (1 - s)`` (= ``sech^2(tau (r - 1) / 2)``), ``tau`` picked by sign of A."""
-    tau = torch.where(advantages > 0, tau_pos, tau_neg).to(ratio.dtype)  # [B, T]
+    tau = torch.where(advantages > 0, ratio.new_tensor(tau_pos), ratio.new_tensor(tau_neg))  # [B, T]
     s = torch.sigmoid(tau * (ratio - 1.0))  # [B, T]
     return 4.0 * s * (1.0 - s)  # [B, T]
 

@@ -83,7 +83,8 @@ def sapo_policy_loss(
     )
     log_ratio = token_log_ratio(old, new)  # [B, T]
     ratio = torch.exp(log_ratio)  # [B, T]
-    tau = torch.where(adv > 0, tau_pos, tau_neg).to(ratio.dtype)  # [B, T]; A == 0 takes tau_neg (verl)
+    # [B, T]; A == 0 takes tau_neg (verl); tau in the ratio's dtype (a float32 1.05 would round)
+    tau = torch.where(adv > 0, ratio.new_tensor(tau_pos), ratio.new_tensor(tau_neg))
     gate = torch.sigmoid(tau * (ratio - 1.0)) * (4.0 / tau)  # [B, T]
     loss_mat = -gate * adv  # [B, T]
     loss = finish_loss(
