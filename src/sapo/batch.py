@@ -30,6 +30,9 @@ class Batch:
     token_level_rewards: torch.Tensor | None = None  # [N, R] scores minus the in-reward KL penalty
     advantages: torch.Tensor | None = None  # [N, R]
     returns: torch.Tensor | None = None  # [N, R]
+    # [N, R] detached truncated importance weights (algorithm.rollout_correction.rollout_is), computed once
+    # on the whole batch before the update; they multiply the policy loss per token (0 on padding)
+    rollout_is_weights: torch.Tensor | None = None
 
     @property
     def num_sequences(self) -> int:

@@ -240,6 +240,19 @@ class RolloutConfig:
         "Sequences per forward pass when recomputing old_log_prob. null: ppo_micro_batch_size_per_gpu. "
         "With actor.use_dynamic_bsz the actor's token budget is used instead.",
     )
+    calculate_log_probs: bool = opt(
+        True,
+        "Keep the rollout engine's log-probs of the sampled tokens (rollout_corr/* metrics; needed by "
+        "algorithm.rollout_correction and max_logprob_gap).",
+        verl=False,
+    )
+    max_logprob_gap: float | None = opt(
+        None,
+        "Stop the run when a step's mean |old_log_prob - rollout_log_prob| over valid tokens "
+        "(rollout_corr/mean_abs_diff) exceeds this (stale engine weights, dtype mismatch). null: off. "
+        "(sapo key)",
+        verl=NO_VERL_DEFAULT,
+    )
     val_kwargs: ValKwargsConfig = section(ValKwargsConfig, "Sampling for validation.")
 
 
@@ -315,6 +328,36 @@ class KLControlConfig:
 
 
 @dataclass
+class RolloutCorrectionConfig:
+    """verl's ``algorithm.rollout_correction`` (docs/rollout_correction.md)."""
+
+    rollout_is: str | None = opt(
+        None,
+        "Truncated importance weights on the policy loss: null (off) | token (exp(old - rollout) per token, "
+        "TIS) | sequence (exp of the sum over the sequence).",
+    )
+    rollout_is_threshold: float = opt(2.0, "Truncation C of the weights: min(w, C).")
+    rollout_is_batch_normalize: bool = opt(
+        False, "Divide the weights by their batch mean (over valid tokens, or sequences) so they average 1."
+    )
+    rollout_rs: str | None = opt(
+        None,
+        "Rejection (masks tokens / sequences out of the loss), comma-separated: token_k1/k2/k3, "
+        "seq_sum_k1/k2/k3, seq_mean_k1/k2/k3, seq_max_k2/k3. null: off.",
+    )
+    rollout_rs_threshold: str | float | None = opt(
+        None,
+        "Bounds of rollout_rs, one or one per option (comma-separated): k2/k3 an upper bound; k1 ratio "
+        "bounds lo_hi (one number hi: lo = 1/hi).",
+    )
+    bypass_mode: bool = opt(
+        False,
+        "old_log_prob := the rollout's log-probs (no old-policy forward). Unlike verl, the configured "
+        "policy loss is kept (verl switches to its bypass PPO-clip / REINFORCE loss).",
+    )
+
+
+@dataclass
 class AlgorithmConfig:
     adv_estimator: str = opt(
         "grpo",
@@ -330,6 +373,9 @@ class AlgorithmConfig:
     use_kl_in_reward: bool = opt(False, "Subtract kl_coef x KL(policy || reference) from token rewards.")
     kl_penalty: str = opt("kl", "KL estimator for the reward penalty: kl | abs | mse | low_var_kl | full.")
     kl_ctrl: KLControlConfig = section(KLControlConfig, "KL-in-reward coefficient controller.")
+    rollout_correction: RolloutCorrectionConfig = section(
+        RolloutCorrectionConfig, "Correction for the rollout engine / trainer mismatch (TIS, MIS)."
+    )
 
 
 # ----------------------------------------------------------------------------------------- rewards

@@ -51,6 +51,7 @@ def validate(config: Config, *, world_size: int = 1) -> None:
     problems += fsdp_problems(config, world_size)
     problems += component_problems(config)
     problems += _algorithm_problems(config)
+    problems += rollout_correction_problems(config)
     problems += _choice_problems(config)
     problems += _range_problems(config)
     problems += unsupported_value_problems(config)
@@ -121,6 +122,62 @@ def _algorithm_problems(config: Config) -> list[str]:
     max_len = buffer.max_resp_len
     if buffer.enable and not 0 < buffer.len <= max_len:
         out.append(f"reward_model.overlong_buffer.len={buffer.len} must be in 1..{max_len} (max_resp_len)")
+    return out
+
+
+def rollout_correction_problems(config: Config) -> list[str]:
+    """``algorithm.rollout_correction.*`` and ``rollout.max_logprob_gap``: values (the rules live in
+    :mod:`sapo.core.rollout_correction`) and what they need (the rollout's log-probs, the trainer's
+    forward)."""
+    from sapo.core.rollout_correction import check_is_level, check_is_threshold, parse_rejection
+
+    rc, rollout = config.algorithm.rollout_correction, config.actor_rollout_ref.rollout
+    key = "algorithm.rollout_correction"
+    out = []
+    for check in (
+        lambda: check_is_level(rc.rollout_is),
+        lambda: check_is_threshold(rc.rollout_is_threshold),
+        lambda: parse_rejection(rc.rollout_rs, rc.rollout_rs_threshold),
+    ):
+        try:
+            check()
+        except ConfigError as err:
+            out.append(str(err))
+    gap = rollout.max_logprob_gap
+    if gap is not None and not gap >= 0:
+        out.append(
+            f"actor_rollout_ref.rollout.max_logprob_gap must be >= 0 or null (got {gap}): it bounds the mean "
+            "|old_log_prob - rollout_log_prob| per token, e.g. 0.05"
+        )
+    users = [
+        f"{name}={value}"
+        for name, value, on in (
+            (f"{key}.rollout_is", rc.rollout_is, rc.rollout_is is not None),
+            (f"{key}.rollout_rs", rc.rollout_rs, rc.rollout_rs is not None),
+            (f"{key}.bypass_mode", "true", rc.bypass_mode),
+            ("actor_rollout_ref.rollout.max_logprob_gap", gap, gap is not None),
+        )
+        if on
+    ]
+    if users and not rollout.calculate_log_probs:
+        out.append(
+            f"{', '.join(users)} need(s) the rollout engine's log-probs: set "
+            "actor_rollout_ref.rollout.calculate_log_probs=True"
+        )
+    if rc.bypass_mode:
+        for name in ("rollout_is", "rollout_rs"):
+            if getattr(rc, name) is not None:
+                out.append(
+                    f"{key}.bypass_mode=true with {key}.{name} set: in bypass mode old_log_prob is the "
+                    "rollout's log-prob, so every weight would be 1 and nothing rejected (the policy "
+                    f"loss's ratio pi_theta / pi_rollout is the correction); set {key}.{name}=null or "
+                    "bypass_mode=false"
+                )
+        if gap is not None:
+            out.append(
+                f"actor_rollout_ref.rollout.max_logprob_gap needs the trainer's old_log_prob, which "
+                f"{key}.bypass_mode=true skips; set max_logprob_gap=null or bypass_mode=false"
+            )
     return out
 
 

@@ -168,8 +168,9 @@ IGNORED_KEYS: tuple[IgnoredKey, ...] = (
     IgnoredKey("actor_rollout_ref.rollout.trace.*", "tracing"),
     IgnoredKey("actor_rollout_ref.rollout.agent.*", "agent-loop workers; single-turn generation"),
     IgnoredKey(
-        "actor_rollout_ref.rollout.calculate_log_probs",
-        "rollout log-probs are kept when the engine returns them",
+        "algorithm.rollout_correction.loss_type",
+        "verl's bypass-mode loss; bypass_mode here keeps actor_rollout_ref.actor.policy_loss.loss_mode",
+        ("ppo_clip",),
     ),
     IgnoredKey("actor_rollout_ref.rollout.logprobs_mode", "engine log-prob flavour"),
     IgnoredKey("actor_rollout_ref.rollout.seed", "generation is seeded from trainer.seed"),

@@ -7,6 +7,10 @@ Metrics: loss terms (``actor/pg_loss``, ``actor/entropy_loss``, ``actor/kl_loss`
 values; the loss's own diagnostics (ratio and ``actor/sapo/*`` statistics) and ``actor/entropy`` are
 combined over micro-batches and optimizer steps.
 
+Rollout correction (``algorithm.rollout_correction``, :mod:`sapo.core.rollout_correction`) reaches the
+loss through the batch: ``micro.rollout_is_weights`` multiply the policy loss per token (not the entropy or
+KL terms, as in verl), and rejected tokens are already 0 in ``micro.response_mask``.
+
 The first mini-batch of the first epoch is on-policy: when the trainer did not recompute ``old_log_prob``
 (it only skips it where it is provably identical, see ``needs_old_log_prob``), the current log-prob,
 detached, stands in for it, which is the same number.
@@ -91,6 +95,7 @@ def policy_micro_loss(model, micro: Batch, counts: dict, *, settings: PolicyLoss
         micro.advantages,
         mask,
         loss_agg_mode=settings.loss_agg_mode,
+        rollout_is_weights=micro.rollout_is_weights,  # None without algorithm.rollout_correction.rollout_is
         **counts,
         **settings.loss_kwargs,
     )

@@ -5,11 +5,15 @@ Per step:
 1. take ``data.train_batch_size`` prompts from the resumable sampler;
 2. generate ``rollout.n`` responses for each and score them (:mod:`sapo.trainer.rollout_step`);
 3. recompute ``old_log_prob`` with the trainer, unless it is provably identical to the log-prob the
-   first mini-batch will compute (one mini-batch, one epoch, no KL in the reward);
+   first mini-batch will compute (one mini-batch, one epoch, no KL in the reward, no rollout correction or
+   log-prob gap guard), or ``algorithm.rollout_correction.bypass_mode`` takes the rollout's log-probs; stop
+   the run if it is further than ``rollout.max_logprob_gap`` from the rollout's; compute the rollout
+   correction (IS weights, rejection mask: :mod:`sapo.core.rollout_correction`) on the whole batch;
 4. ``ref_log_prob`` when a KL term is on, critic ``values`` for ``gae``;
 5. token rewards (``scores - beta * KL`` with ``algorithm.use_kl_in_reward``) and advantages
    (``algorithm.adv_estimator``);
-6. update the actor (:mod:`sapo.trainer.actor`) and the critic, then step the learning-rate schedules;
+6. update the actor (:mod:`sapo.trainer.actor`; rejected tokens out of its mask, IS weights on its
+   loss; advantages and the critic see the whole mask) and the critic, then step the learning-rate schedules;
 7. log; validate every ``trainer.test_freq`` steps; checkpoint every ``trainer.save_freq`` steps.
 
 At the end: a last validation and checkpoint, and the policy exported as a Hugging Face directory.
@@ -24,18 +28,25 @@ from __future__ import annotations
 
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sapo.config import Config
 from sapo.core.advantages import compute_advantages
 from sapo.core.diagnostics import rollout_mismatch_metrics
 from sapo.core.kl import kl_penalty
+from sapo.core.rollout_correction import offpolicy_metrics
 from sapo.distributed.fsdp import full_weights
 from sapo.rollout.seeds import TRAIN_STREAM, rollout_seeds
 from sapo.run_dir import HF_MODEL_DIR
 from sapo.trainer import run_checkpoint
-from sapo.trainer.actor import needs_old_log_prob, update_actor
+from sapo.trainer.actor import update_actor
+from sapo.trainer.correction import (
+    batch_correction,
+    bypass_old_log_prob,
+    check_logprob_gap,
+    needs_trainer_old_log_prob,
+)
 from sapo.trainer.critic import compute_values, update_critic
 from sapo.trainer.generations import (
     append_val_generations,
@@ -103,12 +114,19 @@ def training_step(run: TrainingRun) -> dict[str, float]:
             run.engine, run.tokenizer, run.reward, items, run.sampling, seeds=seeds, world=run.world
         )
     batch = scored.batch
+    correction_config = run.config.algorithm.rollout_correction
+    if not run.config.actor_rollout_ref.rollout.calculate_log_probs:
+        batch.rollout_log_probs = None
     temperature = run.actor.loss.temperature  # log-probs of logits / the rollout temperature
     with _timer(timing, "old_log_prob"):
-        if needs_old_log_prob(batch.num_sequences, run.actor.schedule) or run.kl_ctrl is not None:
+        if correction_config.bypass_mode:  # old := rollout (no forward); the configured loss is kept
+            batch.old_log_prob = bypass_old_log_prob(batch)
+        elif needs_trainer_old_log_prob(run.config, batch.num_sequences, run.actor.schedule, run.kl_ctrl):
             batch.old_log_prob = compute_log_probs(
                 run.policy, batch, run.log_prob_micro, temperature, run.log_prob_max_tokens, run.world
             )
+    check_logprob_gap(batch, run.config.actor_rollout_ref.rollout.max_logprob_gap)
+    correction = batch_correction(batch, correction_config)
     if run.reference is not None:
         with _timer(timing, "ref"):
             batch.ref_log_prob = compute_log_probs(
@@ -130,9 +148,14 @@ def training_step(run: TrainingRun) -> dict[str, float]:
             if run.critic is not None
             else {}
         )
+    actor_batch = batch  # the actor's view: rejected tokens out of its mask, IS weights on its loss
+    if correction is not None:
+        actor_batch = replace(
+            batch, response_mask=correction.keep_mask, rollout_is_weights=correction.weights
+        )
     with _timer(timing, "update_actor"):
         actor_metrics = update_actor(
-            run.policy, run.optimizer, batch, run.actor, run.shuffle_generator, run.world
+            run.policy, run.optimizer, actor_batch, run.actor, run.shuffle_generator, run.world
         )
     lr = run.scheduler.get_last_lr()[0]
     run.scheduler.step()
@@ -147,10 +170,20 @@ def training_step(run: TrainingRun) -> dict[str, float]:
     if run.config.trainer.rollout_data_dir and run.world.is_main:
         records = generation_records(scored, run.global_step, batch.advantages, batch.response_mask)
         dump_generations(run.config.trainer.rollout_data_dir, run.global_step, records)
-    if batch.old_log_prob is not None:
+    if (
+        batch.old_log_prob is not None
+        and batch.rollout_log_probs is not None
+        and not correction_config.bypass_mode
+    ):
         metrics.update(
             rollout_mismatch_metrics(batch.rollout_log_probs, batch.old_log_prob, batch.response_mask)
         )
+        if correction is None:
+            metrics.update(
+                offpolicy_metrics(batch.old_log_prob, batch.rollout_log_probs, batch.response_mask)
+            )
+    if correction is not None:
+        metrics.update(correction.metrics)
     metrics["actor/lr"] = lr
     metrics["training/global_step"] = run.global_step
     metrics["training/epoch"] = epoch_before
