@@ -17,11 +17,12 @@ def read_jsonl(path):
 
 @pytest.mark.parametrize("model_fixture", ["tiny_qwen3", "tiny_qwen3_moe"])
 def test_sapo_train_runs_a_real_model_and_writes_every_output(
-    request, tmp_path, overrides_for, model_fixture
+    request, tmp_path, overrides_for, model_fixture, capsys
 ):
     model_path = request.getfixturevalue(model_fixture)
     run_dir = tmp_path / "run"
     assert main(["train", *overrides_for(model_path, run_dir)]) == 0
+    assert capsys.readouterr().out.startswith(f"run directory: {run_dir}\n")  # first, before any loading
 
     records = read_jsonl(run_dir / "metrics.jsonl")
     assert [r["step"] for r in records] == [0, 1, 2]  # validation before training, then two steps

@@ -396,6 +396,12 @@ class TrainerConfig:
     validation_data_dir: str | None = opt(None, "Write each validation's generations to <dir>/<step>.jsonl.")
     test_freq: int = opt(200, "Validate every N steps (<= 0: only at the end).", verl=-1)
     save_freq: int = opt(-1, "Checkpoint every N steps (<= 0: only at the end).")
+    save_every_minutes: float | None = opt(
+        30.0,
+        "Also checkpoint when this many minutes have passed since the last save (null or <= 0: never), so a "
+        "run killed without warning loses at most that much work. SIGTERM / SIGINT always save and stop.",
+        verl=NO_VERL_DEFAULT,
+    )
     val_before_train: bool = opt(True, "Validate once before the first step.")
     val_only: bool = opt(False, "Validate the current policy and exit (whatever val_before_train says).")
     resume_mode: str = opt("auto", "auto (latest checkpoint if any) | disable | resume_path.")

@@ -10,7 +10,9 @@ Per step:
 5. token rewards (``scores - beta * KL`` with ``algorithm.use_kl_in_reward``) and advantages
    (``algorithm.adv_estimator``);
 6. update the actor (:mod:`sapo.trainer.actor`) and the critic, then step the learning-rate schedules;
-7. log; validate every ``trainer.test_freq`` steps; checkpoint every ``trainer.save_freq`` steps.
+7. log; validate every ``trainer.test_freq`` steps; checkpoint every ``trainer.save_freq`` steps, when
+   ``trainer.save_every_minutes`` have passed since the last save, and after a SIGTERM / SIGINT, which
+   then ends the run (`sapo.trainer.stopping`).
 
 At the end: a last validation and checkpoint, and the policy exported as a Hugging Face directory.
 
@@ -22,6 +24,7 @@ single-process numbers; every forward/backward pass takes the rank's share of it
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -32,6 +35,7 @@ from sapo.core.advantages import compute_advantages
 from sapo.core.diagnostics import rollout_mismatch_metrics
 from sapo.core.kl import kl_penalty
 from sapo.distributed.fsdp import full_weights
+from sapo.errors import TrainingInterrupted
 from sapo.rollout.seeds import TRAIN_STREAM, rollout_seeds
 from sapo.run_dir import HF_MODEL_DIR
 from sapo.trainer import run_checkpoint
@@ -46,6 +50,7 @@ from sapo.trainer.generations import (
 from sapo.trainer.rollout_step import compute_log_probs, generate_and_score
 from sapo.trainer.run import TrainingRun, start_run
 from sapo.trainer.step_metrics import batch_metrics
+from sapo.trainer.stopping import SaveClock, StopSignals, decide
 from sapo.trainer.validate import accuracy_of, run_validation
 
 
@@ -71,7 +76,20 @@ def train(config: Config) -> RunSummary:
         if run.global_step == 0 and trainer.val_before_train and run.val_set is not None:
             first_validation = validate(run)
             run.logger.log(first_validation, step=0)
-        metrics: dict[str, float] = {}
+        metrics = _train_steps(run)
+        export_dir = export(run) if trainer.export_hf else None
+        return RunSummary(run.run_dir, run.global_step, metrics, first_validation, export_dir)
+    finally:
+        run.close()
+
+
+def _train_steps(run: TrainingRun) -> dict[str, float]:
+    """Steps until ``total_steps``, each followed by validation and a checkpoint when due; the last step's
+    metrics. A SIGTERM / SIGINT ends it after a step and its checkpoint (`sapo.trainer.stopping`)."""
+    trainer = run.config.trainer
+    metrics: dict[str, float] = {}
+    clock = SaveClock(trainer.save_every_minutes)
+    with StopSignals() as signals:
         while run.global_step < run.total_steps:
             metrics = training_step(run)
             step = run.global_step
@@ -79,12 +97,22 @@ def train(config: Config) -> RunSummary:
             if run.val_set is not None and (last or _every(trainer.test_freq, step)):
                 metrics.update(validate(run))
             run.logger.log(metrics, step=step)
-            if last or _every(trainer.save_freq, step):
-                save(run)
-        export_dir = export(run) if trainer.export_hf else None
-        return RunSummary(run.run_dir, run.global_step, metrics, first_validation, export_dir)
-    finally:
-        run.close()
+            decision = decide(signals, clock, run.world)
+            if last or _every(trainer.save_freq, step) or decision.save:
+                checkpoint = save(run)
+                clock.saved()
+            if decision.stop is not None and not last:
+                _stop(run, TrainingInterrupted(decision.stop, step, checkpoint))
+    return metrics
+
+
+def _stop(run: TrainingRun, stop: TrainingInterrupted) -> None:
+    """Say where the checkpoint is, then end every rank. Rank 0 says it before the barrier: once a rank
+    exits, torchrun sends SIGTERM to the others, which may no longer be handled."""
+    if run.world.is_main:
+        print(f"sapo train: {stop}", file=sys.stderr, flush=True)
+    run.world.barrier()
+    raise stop
 
 
 def _every(freq: int, step: int) -> bool:

@@ -138,6 +138,8 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
     actor_cfg, rollout_cfg = config.actor_rollout_ref.actor, config.actor_rollout_ref.rollout
     run_dir = run_dir_of(config)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if world.is_main and not quiet:  # before the warm start and model loading, which can take minutes
+        print(f"run directory: {run_dir}", flush=True)
     use_kl_in_reward = config.algorithm.use_kl_in_reward
     # before the warm start, so a bad task size fails fast; rank 0 writes the built-in task's files
     train_files, val_files = world.on_main(lambda: data_files(config, run_dir))
