@@ -109,3 +109,12 @@ def test_model_impl_picks_the_policy_implementation(tiny_qwen3, impl, expected):
     )
     models = build_models(config, torch.device("cpu"), needs_reference=False, world=World())
     assert type(models.policy).__name__ == expected
+
+
+def test_a_run_directory_that_is_a_file_is_a_clear_error(tmp_path, tiny_qwen3, overrides_for, capsys):
+    blocker = tmp_path / "run"
+    blocker.write_text("not a directory")
+    assert main(["train", *overrides_for(tiny_qwen3, blocker)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot use {str(blocker)!r} as the run directory" in err and "Traceback" not in err
+    assert blocker.read_text() == "not a directory"  # nothing of the user's was touched

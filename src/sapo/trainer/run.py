@@ -9,6 +9,7 @@ config and derived quantities (rank 0), and resumes from a checkpoint as ``train
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from sapo.data.sampler import ResumableSampler
 from sapo.distributed.env import launched_world_size
 from sapo.distributed.fsdp import full_weights, shard_model
 from sapo.distributed.world import World, init_world
+from sapo.errors import UserError
 from sapo.optim import AdamW
 from sapo.rollout import make_rollout_engine
 from sapo.rollout.base import SamplingParams
@@ -137,7 +139,7 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
     trainer, data = config.trainer, config.data
     actor_cfg, rollout_cfg = config.actor_rollout_ref.actor, config.actor_rollout_ref.rollout
     run_dir = run_dir_of(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _make_run_dir(run_dir)
     if world.is_main and not quiet:  # before the warm start and model loading, which can take minutes
         print(f"run directory: {run_dir}", flush=True)
     use_kl_in_reward = config.algorithm.use_kl_in_reward
@@ -214,6 +216,20 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
         resume_step=run.global_step,  # 0 on a fresh start: clears an old metrics.jsonl
     )
     return run
+
+
+def _make_run_dir(run_dir: Path) -> None:
+    """Create the run directory, or say why it cannot be (a file in the way, a read-only mount)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write_test.{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(
+            f"cannot use {str(run_dir)!r} as the run directory ({exc.strerror or exc}): set "
+            "trainer.default_local_dir to a writable directory (a path that is not a file)"
+        ) from exc
 
 
 def _mesh_text(world: World) -> str:
