@@ -173,6 +173,9 @@ HONOURED: dict[str, str] = {
     "trainer.validation_data_dir": DUMPS,
     "trainer.test_freq": "trainer/test_resume.py::test_resume_reproduces_the_uninterrupted_run_bit_for_bit",
     "trainer.save_freq": DUMPS,
+    "trainer.save_every_minutes": (
+        "trainer/test_stopping.py::test_save_every_minutes_saves_after_every_step_once_due"
+    ),
     "trainer.val_before_train": VAL_ONLY,
     "trainer.val_only": VAL_ONLY,
     "trainer.resume_mode": "trainer/test_checkpoint.py::test_resume_modes",
