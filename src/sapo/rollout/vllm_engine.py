@@ -121,6 +121,14 @@ class VLLMRolloutEngine:
         )
         self._vllm = vllm
 
+    def close(self) -> None:
+        """Shut vLLM's engine down now, while the process group it joined still exists (vLLM otherwise
+        tears its groups down at interpreter exit, after the trainer destroyed them, and fails). vLLM's
+        teardown also destroys torch's default process group."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()
+
     def update_weights(self, weights: WeightStream) -> None:
         """Load ``(name, tensor)`` pairs into vLLM's model, drop the KV of cached prompts, then check the
         engine's weights against the streamed ones (`sapo.rollout.vllm_fingerprint`)."""
