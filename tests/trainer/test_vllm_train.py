@@ -39,8 +39,8 @@ def _check_steps(records, steps):
 
 
 def test_sapo_train_with_the_vllm_engine(tmp_path):
-    overrides = ["actor_rollout_ref.rollout.name=vllm", "trainer.total_training_steps=3", "trainer.test_freq=3"]
-    records = _sapo_train(tmp_path / "run", *overrides)
+    steps = ["trainer.total_training_steps=3", "trainer.test_freq=3"]
+    records = _sapo_train(tmp_path / "run", "actor_rollout_ref.rollout.name=vllm", *steps)
     _check_steps(records, 3)
 
 
