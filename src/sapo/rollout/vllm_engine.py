@@ -37,7 +37,12 @@ import torch
 from sapo.errors import UserError
 from sapo.rollout.base import RolloutBatch, SamplingParams, check_prompts, left_pad, prompt_seeds
 from sapo.rollout.registry import register_rollout_engine
-from sapo.rollout.vllm_fingerprint import FingerprintRecorder, mismatched, read_engine_samples
+from sapo.rollout.vllm_fingerprint import (
+    FingerprintRecorder,
+    mismatched,
+    read_engine_samples,
+    read_plan,
+)
 from sapo.rollout.weights import WeightStream, check_is_stream
 
 
@@ -102,6 +107,7 @@ class VLLMRolloutEngine:
         self.dtype = next(model.parameters()).dtype
         self.sleep_mode = bool(free_cache_engine) and torch.cuda.is_available()
         self.check_weights, self.asleep = check_weights, False
+        self.unchecked: list[str] = []  # tensors the last check could not read back (e.g. MoE experts)
         optional = {"max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens}
         self.llm = vllm.LLM(
             model=path,
@@ -158,8 +164,7 @@ class VLLMRolloutEngine:
         self._check(recorder.samples)
 
     def _check(self, samples: dict) -> None:
-        plan = {name: (cols, sample.shape[0]) for name, (cols, sample) in samples.items()}
-        engine = self.llm.collective_rpc(read_engine_samples, args=(plan,))[0]
+        engine = self.llm.collective_rpc(read_engine_samples, args=(read_plan(samples),))[0]
         differ, unchecked = mismatched(samples, engine, self.dtype)
         if differ or len(unchecked) == len(samples):
             shown = ", ".join(differ[:8]) + (f" and {len(differ) - 8} more" if len(differ) > 8 else "")
@@ -170,7 +175,7 @@ class VLLMRolloutEngine:
                 "parameter names are its Hugging Face checkpoint names, or set "
                 "actor_rollout_ref.rollout.name=hf"
             )
-        self.unchecked = unchecked  # e.g. MoE experts: listed in docs/vllm.md
+        self.unchecked = unchecked
 
     def _vllm_sampling(self, sampling: SamplingParams, seed: int | None = None):
         """vLLM's sampling parameters for one request; ``seed`` (the prompt's) seeds its ``n`` samples."""

@@ -53,9 +53,10 @@ class FingerprintRecorder:
                 self.samples[name] = sample_of(name, tensor)
             yield name, tensor
 
-    def plan(self) -> dict[str, tuple[list[int], int]]:
-        """What the worker must read: ``name -> (cols, rows)`` (rows: the trainer tensor's first dim)."""
-        return {name: (cols, sample.shape[0]) for name, (cols, sample) in self.samples.items()}
+
+def read_plan(samples: dict) -> dict[str, tuple[list[int], int]]:
+    """What the worker must read: ``name -> (cols, rows)`` (rows: the trainer tensor's first dim)."""
+    return {name: (cols, sample.shape[0]) for name, (cols, sample) in samples.items()}
 
 
 def _packed_target(model, name: str):
