@@ -35,6 +35,7 @@ def test_sapo_train_runs_a_real_model_and_writes_every_output(
             "response_length/mean",
             "actor/sapo/gate_weight_mean",
             "timing_s/gen",
+            "timing_s/weight_sync",
             "actor/lr",
         ):
             assert key in record, key

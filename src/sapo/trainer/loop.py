@@ -166,7 +166,8 @@ def training_step(run: TrainingRun) -> dict[str, float]:
     run.scheduler.step()
     if run.critic_scheduler is not None:
         run.critic_scheduler.step()
-    run.engine.update_weights(full_weights(run.policy))
+    with _timer(timing, "weight_sync"):  # copy into the engine (vllm: reload + stale-policy check)
+        run.engine.update_weights(full_weights(run.policy))
     run.global_step += 1
     timing["step"] = time.perf_counter() - start
     metrics = {**batch_metrics(batch, timing), **reward_metrics, **critic_metrics, **actor_metrics}

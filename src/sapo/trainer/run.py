@@ -104,9 +104,10 @@ class TrainingRun:
     def close(self) -> None:
         if self.logger is not None:
             self.logger.close()
-        close = getattr(self.reward, "close", None)
-        if close is not None:
-            close()
+        for part in (self.reward, self.engine):  # the engine before the process group it may use
+            close = getattr(part, "close", None)
+            if close is not None:
+                close()
         self.world.close()
 
 
