@@ -13,7 +13,7 @@ import importlib
 import sys
 
 from sapo import __version__
-from sapo.errors import UserError
+from sapo.errors import TrainingInterrupted, UserError
 
 # name -> (module holding add_arguments/run, one-line help). Only implemented commands are listed.
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -55,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as err:
         print(f"sapo {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except TrainingInterrupted as stop:  # a checkpoint was saved, and the loop said where
+        return stop.exit_code
     except KeyboardInterrupt:
         print(f"sapo {args.command}: interrupted", file=sys.stderr)
         return 130

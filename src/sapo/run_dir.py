@@ -19,6 +19,7 @@ a finished run (a report, a notebook) agree on the layout without importing the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Any
@@ -76,13 +77,18 @@ def checkpoint_step(path: str | Path) -> int:
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:
     """The records of a run's metrics.jsonl, in order; ``path`` is the run directory or the file itself.
-    A missing file reads as no records."""
+    A missing file reads as no records; a torn last line (the run was killed while writing it) is left out.
+    """
     path = Path(path)
     if path.is_dir():
         path = path / METRICS_FILE
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines[:-1]]
+    with contextlib.suppress(json.JSONDecodeError):
+        records += [json.loads(line) for line in lines[-1:]]
+    return records
 
 
 def read_config(run_dir: str | Path) -> dict[str, Any]:

@@ -170,7 +170,21 @@ def test_a_new_engine_is_one_registration(recording_engine):
 def test_the_vllm_engine_validates_its_own_keys():
     ok = load_config(None, ["actor_rollout_ref.rollout.name=vllm"])
     validate(ok)  # vLLM is imported only when the engine is built
-    assert engine_settings(ok) == {"gpu_memory_utilization": 0.5, "enforce_eager": False, "seed": 1}
+    assert engine_settings(ok) == {
+        "gpu_memory_utilization": 0.5,
+        "max_model_len": None,
+        "max_num_seqs": None,
+        "max_num_batched_tokens": None,
+        "enforce_eager": False,
+        "enable_prefix_caching": True,
+        "free_cache_engine": True,
+        "seed": 1,
+    }
+    bad_len = load_config(
+        None, ["actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.rollout.max_num_seqs=0"]
+    )
+    with pytest.raises(ConfigError, match="max_num_seqs=0 must be a positive integer"):
+        validate(bad_len)
     bad = load_config(
         None, ["actor_rollout_ref.rollout.name=vllm", "actor_rollout_ref.rollout.gpu_memory_utilization=1.5"]
     )

@@ -112,6 +112,11 @@ HONOURED: dict[str, str] = {
     "actor_rollout_ref.rollout.response_length": ACTOR,
     "actor_rollout_ref.rollout.gpu_memory_utilization": VLLM,
     "actor_rollout_ref.rollout.enforce_eager": VLLM,
+    "actor_rollout_ref.rollout.max_model_len": VLLM,
+    "actor_rollout_ref.rollout.max_num_seqs": VLLM,
+    "actor_rollout_ref.rollout.max_num_batched_tokens": VLLM,
+    "actor_rollout_ref.rollout.enable_prefix_caching": VLLM,
+    "actor_rollout_ref.rollout.free_cache_engine": VLLM,
     "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu": MICRO,
     "actor_rollout_ref.rollout.val_kwargs.n": ACTOR,
     "actor_rollout_ref.rollout.val_kwargs.temperature": ACTOR,
@@ -173,6 +178,9 @@ HONOURED: dict[str, str] = {
     "trainer.validation_data_dir": DUMPS,
     "trainer.test_freq": "trainer/test_resume.py::test_resume_reproduces_the_uninterrupted_run_bit_for_bit",
     "trainer.save_freq": DUMPS,
+    "trainer.save_every_minutes": (
+        "trainer/test_stopping.py::test_save_every_minutes_saves_after_every_step_once_due"
+    ),
     "trainer.val_before_train": VAL_ONLY,
     "trainer.val_only": VAL_ONLY,
     "trainer.resume_mode": "trainer/test_checkpoint.py::test_resume_modes",

@@ -167,6 +167,22 @@ def test_rollout_is_weights_scale_the_token_loss():
     assert grad.tolist()[0] == pytest.approx([-2.0, 0.25])
 
 
+def test_rollout_is_weights_multiply_every_loss_sapo_gate_included():
+    """A constant weight c on every token multiplies each loss's value and gradient by c (off-policy, so
+    SAPO's gate, the clips and the covariance selections are all active)."""
+    gen = torch.Generator().manual_seed(3)
+    old = -torch.rand(3, 5, generator=gen, dtype=D) * 2  # [B, T]
+    new = old + 0.3 * torch.randn(3, 5, generator=gen, dtype=D)  # [B, T]
+    adv = torch.randn(3, 5, generator=gen, dtype=D)  # [B, T]
+    mask = torch.ones(3, 5)
+    mask[1, 3:] = 0
+    for name in POLICY_LOSSES:
+        plain, _, plain_grad = run(name, old, new, adv, mask)
+        weighted, _, weighted_grad = run(name, old, new, adv, mask, rollout_is_weights=torch.full((3, 5), 0.7))
+        assert weighted == pytest.approx(0.7 * plain, abs=1e-12), name
+        torch.testing.assert_close(weighted_grad, 0.7 * plain_grad, rtol=0, atol=1e-12, msg=name)
+
+
 def test_ratio_metrics_present_for_every_loss():
     new = t([[0.0, math.log(2.0)]])
     for name in POLICY_LOSSES:

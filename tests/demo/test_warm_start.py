@@ -75,3 +75,18 @@ def test_default_warm_start_reaches_its_dev_accuracy_target(tmp_path):
     info = warm_start_info(model_dir)
     assert info["reached_target"] and info["dev_accuracy"] >= 0.2
     assert info["steps"] % 25 == 0  # stopped at a dev check
+
+
+def test_warm_start_says_what_it_does_before_and_after_and_nothing_when_cached(tmp_path):
+    said: list[str] = []
+    model_dir = warm_start("arithmetic", cache_dir=tmp_path, seed=0, announce=said.append, **TINY_CAP)
+    assert len(said) == 2
+    assert said[0].startswith("warm start: fine-tuning the built-in tiny model on arithmetic")
+    assert "100% of 16 held-out problems" in said[0] and "at most 3 steps" in said[0]
+    assert str(model_dir) in said[0]  # where it is cached
+    info = warm_start_info(model_dir)
+    assert said[1] == (
+        f"warm start: done in {info['seconds']:.0f} s, 3 steps, held-out accuracy {info['dev_accuracy']:.3f}"
+    )
+    warm_start("arithmetic", cache_dir=tmp_path, seed=0, announce=said.append, **TINY_CAP)
+    assert len(said) == 2  # served from the cache: nothing to announce

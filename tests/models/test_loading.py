@@ -99,3 +99,23 @@ def test_pad_token_falls_back_to_eos_with_a_warning(tmp_path, qwen3_dir):
     with pytest.warns(UserWarning, match="no pad token"):
         _, tok = load_model_and_tokenizer(path)
     assert tok.pad_token_id == tok.eos_token_id == 2
+
+
+def test_a_directory_with_config_but_no_weights_is_a_user_error(tmp_path, qwen3_dir):
+    path = tmp_path / "no_weights"
+    shutil.copytree(qwen3_dir, path)
+    (path / "model.safetensors").unlink()
+    with pytest.raises(UserError, match="has a config.json but no weights") as err:
+        load_model_and_tokenizer(path)
+    found = str(err.value).split("; found ")[1]  # what is there instead, to compare with the source
+    assert "config.json" in found and "model.safetensors" not in found
+
+
+def test_a_truncated_safetensors_file_is_named(tmp_path, qwen3_dir):
+    path = tmp_path / "truncated"
+    shutil.copytree(qwen3_dir, path)
+    weights = path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])  # an interrupted copy
+    with pytest.raises(UserError, match="model.safetensors cannot be read") as err:
+        load_model_and_tokenizer(path)
+    assert "truncated or corrupt" in str(err.value) and str(weights.stat().st_size) in str(err.value)

@@ -55,3 +55,30 @@ def test_vllm_engine_log_probs_and_in_place_weight_update(tmp_path):
             p.add_(torch.randn_like(p) * 0.05)
     engine.update_weights(weight_stream(model))
     assert _max_log_prob_gap(model, engine.generate(prompts, sampling), 0.9) < 1e-3
+
+
+def test_vllm_sleep_mode_wakes_weights_then_kv_cache_around_the_sync(tmp_path):
+    """free_cache_engine: sleep(level=1) after generate, wake_up(["weights"]), sync, wake_up(["kv_cache"])."""
+    pytest.importorskip("vllm")
+    model, tok = load_model_and_tokenizer(build_tiny_model(tmp_path / "m", SPEC), device="cuda")
+    engine = make_rollout_engine(
+        "vllm", model, tok, gpu_memory_utilization=0.2, enforce_eager=True, free_cache_engine=True
+    )
+    calls = []
+    for name in ("sleep", "wake_up"):
+        real = getattr(engine.llm, name)
+        setattr(
+            engine.llm,
+            name,
+            lambda *a, _real=real, _name=name, **kw: calls.append((_name, kw)) or _real(*a, **kw),
+        )
+    prompts = [tok(t)["input_ids"] for t in ("12+34=", "hello", "a")]
+    sampling = SamplingParams(n=2, temperature=0.9, max_new_tokens=16, seed=0)
+    engine.generate(prompts, sampling)
+    assert engine.asleep and calls == [("sleep", {"level": 1})]
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    engine.update_weights(weight_stream(model))  # the stale-policy guard checks the woken weights
+    assert calls[1:] == [("wake_up", {"tags": ["weights"]}), ("wake_up", {"tags": ["kv_cache"]})]
+    assert _max_log_prob_gap(model, engine.generate(prompts, sampling), 0.9) < 1e-3

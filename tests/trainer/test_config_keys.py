@@ -219,8 +219,22 @@ def test_vllm_engine_settings_reach_the_engine():
             "actor_rollout_ref.rollout.name=vllm",
             "actor_rollout_ref.rollout.gpu_memory_utilization=0.7",
             "actor_rollout_ref.rollout.enforce_eager=true",
+            "actor_rollout_ref.rollout.max_model_len=256",
+            "actor_rollout_ref.rollout.max_num_seqs=64",
+            "actor_rollout_ref.rollout.max_num_batched_tokens=4096",
+            "actor_rollout_ref.rollout.enable_prefix_caching=false",
+            "actor_rollout_ref.rollout.free_cache_engine=false",
             "trainer.seed=3",
         ],
     )
-    assert engine_settings(config) == {"gpu_memory_utilization": 0.7, "enforce_eager": True, "seed": 3}
+    assert engine_settings(config) == {
+        "gpu_memory_utilization": 0.7,
+        "max_model_len": 256,
+        "max_num_seqs": 64,
+        "max_num_batched_tokens": 4096,
+        "enforce_eager": True,
+        "enable_prefix_caching": False,
+        "free_cache_engine": False,
+        "seed": 3,
+    }
     assert engine_settings(load_config(None, [])) == {}  # the hf engine has no such settings

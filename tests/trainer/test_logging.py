@@ -99,3 +99,26 @@ def test_progress_bar_resumes_at_initial_step():
 def test_non_numeric_metric_is_named(tmp_path):
     with MetricsLogger(tmp_path, loggers=[]) as logger, pytest.raises(TypeError, match="'bad': 'str'"):
         logger.log({"good": 1.0, "bad": "x"}, step=1)
+
+
+def test_a_torn_last_line_does_not_break_the_resume(tmp_path):
+    """A kill in the middle of a write leaves half a record; the resumed run drops it and goes on."""
+    from sapo.trainer.logging import truncate_metrics
+
+    path = tmp_path / "metrics.jsonl"
+    records = [json.dumps({"step": s, "loss": 0.5 * s}) for s in (1, 2, 3)]
+    path.write_text("\n".join(records) + '\n{"step": 4, "lo')
+    truncate_metrics(path, after_step=2)
+    assert [json.loads(line)["step"] for line in path.read_text().splitlines()] == [1, 2]
+    path.write_text(records[0] + '\n{"step": 2, "lo')  # torn inside the resumed step itself
+    truncate_metrics(path, after_step=2)
+    assert path.read_text() == records[0] + "\n"
+
+
+def test_read_metrics_leaves_out_a_torn_last_line(tmp_path):
+    path = tmp_path / "metrics.jsonl"
+    path.write_text('{"step": 1, "x": 1.0}\n{"step": 2, "x": 2.0}\n{"step": 3, "x"')
+    assert read_metrics(tmp_path) == [{"step": 1, "x": 1.0}, {"step": 2, "x": 2.0}]
+    path.write_text('{"step": 1, "x"\n{"step": 2, "x": 2.0}\n')  # torn in the middle: not a kill, an error
+    with pytest.raises(json.JSONDecodeError):
+        read_metrics(tmp_path)

@@ -17,11 +17,12 @@ def read_jsonl(path):
 
 @pytest.mark.parametrize("model_fixture", ["tiny_qwen3", "tiny_qwen3_moe"])
 def test_sapo_train_runs_a_real_model_and_writes_every_output(
-    request, tmp_path, overrides_for, model_fixture
+    request, tmp_path, overrides_for, model_fixture, capsys
 ):
     model_path = request.getfixturevalue(model_fixture)
     run_dir = tmp_path / "run"
     assert main(["train", *overrides_for(model_path, run_dir)]) == 0
+    assert capsys.readouterr().out.startswith(f"run directory: {run_dir}\n")  # first, before any loading
 
     records = read_jsonl(run_dir / "metrics.jsonl")
     assert [r["step"] for r in records] == [0, 1, 2]  # validation before training, then two steps
@@ -34,6 +35,7 @@ def test_sapo_train_runs_a_real_model_and_writes_every_output(
             "response_length/mean",
             "actor/sapo/gate_weight_mean",
             "timing_s/gen",
+            "timing_s/weight_sync",
             "actor/lr",
         ):
             assert key in record, key
@@ -108,3 +110,12 @@ def test_model_impl_picks_the_policy_implementation(tiny_qwen3, impl, expected):
     )
     models = build_models(config, torch.device("cpu"), needs_reference=False, world=World())
     assert type(models.policy).__name__ == expected
+
+
+def test_a_run_directory_that_is_a_file_is_a_clear_error(tmp_path, tiny_qwen3, overrides_for, capsys):
+    blocker = tmp_path / "run"
+    blocker.write_text("not a directory")
+    assert main(["train", *overrides_for(tiny_qwen3, blocker)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot use {str(blocker)!r} as the run directory" in err and "Traceback" not in err
+    assert blocker.read_text() == "not a directory"  # nothing of the user's was touched

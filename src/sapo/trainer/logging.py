@@ -181,17 +181,24 @@ class SilentLogger:
 
 
 def truncate_metrics(path: Path, after_step: int) -> None:
-    """Drop records with step > ``after_step`` (rewritten atomically)."""
+    """Drop records with step > ``after_step`` (rewritten atomically), and a line that is not a whole
+    record: a kill in the middle of a write leaves a torn last line, which must not break every resume."""
     if not path.is_file():
         return
-    kept = [
-        line
-        for line in path.read_text().splitlines()
-        if line.strip() and json.loads(line)["step"] <= after_step
-    ]
+    kept = [line for line in path.read_text().splitlines() if _step_of(line) <= after_step]
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)
+
+
+def _step_of(line: str) -> float:
+    """The record's step; infinity (never kept) for a blank, torn or foreign line."""
+    try:
+        record = json.loads(line)
+    except json.JSONDecodeError:
+        return math.inf
+    step = record.get("step") if isinstance(record, dict) else None
+    return step if isinstance(step, (int, float)) else math.inf
 
 
 def _open_tensorboard(log_dir: Path):

@@ -14,7 +14,9 @@ Per step:
    (``algorithm.adv_estimator``);
 6. update the actor (:mod:`sapo.trainer.actor`; rejected tokens out of its mask, IS weights on its
    loss; advantages and the critic see the whole mask) and the critic, then step the learning-rate schedules;
-7. log; validate every ``trainer.test_freq`` steps; checkpoint every ``trainer.save_freq`` steps.
+7. log; validate every ``trainer.test_freq`` steps; checkpoint every ``trainer.save_freq`` steps, when
+   ``trainer.save_every_minutes`` have passed since the last save, and after a SIGTERM / SIGINT, which
+   then ends the run (`sapo.trainer.stopping`).
 
 At the end: a last validation and checkpoint, and the policy exported as a Hugging Face directory.
 
@@ -26,6 +28,7 @@ single-process numbers; every forward/backward pass takes the rank's share of it
 
 from __future__ import annotations
 
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
@@ -37,6 +40,7 @@ from sapo.core.diagnostics import rollout_mismatch_metrics
 from sapo.core.kl import kl_penalty
 from sapo.core.rollout_correction import offpolicy_metrics
 from sapo.distributed.fsdp import full_weights
+from sapo.errors import TrainingInterrupted
 from sapo.rollout.seeds import TRAIN_STREAM, rollout_seeds
 from sapo.run_dir import HF_MODEL_DIR
 from sapo.trainer import run_checkpoint
@@ -57,6 +61,7 @@ from sapo.trainer.generations import (
 from sapo.trainer.rollout_step import compute_log_probs, generate_and_score
 from sapo.trainer.run import TrainingRun, start_run
 from sapo.trainer.step_metrics import batch_metrics
+from sapo.trainer.stopping import SaveClock, StopSignals, decide
 from sapo.trainer.validate import accuracy_of, run_validation
 
 
@@ -82,7 +87,20 @@ def train(config: Config) -> RunSummary:
         if run.global_step == 0 and trainer.val_before_train and run.val_set is not None:
             first_validation = validate(run)
             run.logger.log(first_validation, step=0)
-        metrics: dict[str, float] = {}
+        metrics = _train_steps(run)
+        export_dir = export(run) if trainer.export_hf else None
+        return RunSummary(run.run_dir, run.global_step, metrics, first_validation, export_dir)
+    finally:
+        run.close()
+
+
+def _train_steps(run: TrainingRun) -> dict[str, float]:
+    """Steps until ``total_steps``, each followed by validation and a checkpoint when due; the last step's
+    metrics. A SIGTERM / SIGINT ends it after a step and its checkpoint (`sapo.trainer.stopping`)."""
+    trainer = run.config.trainer
+    metrics: dict[str, float] = {}
+    clock = SaveClock(trainer.save_every_minutes)
+    with StopSignals() as signals:
         while run.global_step < run.total_steps:
             metrics = training_step(run)
             step = run.global_step
@@ -90,12 +108,22 @@ def train(config: Config) -> RunSummary:
             if run.val_set is not None and (last or _every(trainer.test_freq, step)):
                 metrics.update(validate(run))
             run.logger.log(metrics, step=step)
-            if last or _every(trainer.save_freq, step):
-                save(run)
-        export_dir = export(run) if trainer.export_hf else None
-        return RunSummary(run.run_dir, run.global_step, metrics, first_validation, export_dir)
-    finally:
-        run.close()
+            decision = decide(signals, clock, run.world)
+            if last or _every(trainer.save_freq, step) or decision.save:
+                checkpoint = save(run)
+                clock.saved()
+            if decision.stop is not None and not last:
+                _stop(run, TrainingInterrupted(decision.stop, step, checkpoint))
+    return metrics
+
+
+def _stop(run: TrainingRun, stop: TrainingInterrupted) -> None:
+    """Say where the checkpoint is, then end every rank. Rank 0 says it before the barrier: once a rank
+    exits, torchrun sends SIGTERM to the others, which may no longer be handled."""
+    if run.world.is_main:
+        print(f"sapo train: {stop}", file=sys.stderr, flush=True)
+    run.world.barrier()
+    raise stop
 
 
 def _every(freq: int, step: int) -> bool:
@@ -161,7 +189,8 @@ def training_step(run: TrainingRun) -> dict[str, float]:
     run.scheduler.step()
     if run.critic_scheduler is not None:
         run.critic_scheduler.step()
-    run.engine.update_weights(full_weights(run.policy))
+    with _timer(timing, "weight_sync"):  # copy into the engine (vllm: reload + stale-policy check)
+        run.engine.update_weights(full_weights(run.policy))
     run.global_step += 1
     timing["step"] = time.perf_counter() - start
     metrics = {**batch_metrics(batch, timing), **reward_metrics, **critic_metrics, **actor_metrics}

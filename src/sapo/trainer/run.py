@@ -9,6 +9,7 @@ config and derived quantities (rank 0), and resumes from a checkpoint as ``train
 
 from __future__ import annotations
 
+import os
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from sapo.data.sampler import ResumableSampler
 from sapo.distributed.env import launched_world_size
 from sapo.distributed.fsdp import full_weights, shard_model
 from sapo.distributed.world import World, init_world
+from sapo.errors import UserError
 from sapo.optim import AdamW
 from sapo.rollout import make_rollout_engine
 from sapo.rollout.base import SamplingParams
@@ -102,9 +104,10 @@ class TrainingRun:
     def close(self) -> None:
         if self.logger is not None:
             self.logger.close()
-        close = getattr(self.reward, "close", None)
-        if close is not None:
-            close()
+        for part in (self.reward, self.engine):  # the engine before the process group it may use
+            close = getattr(part, "close", None)
+            if close is not None:
+                close()
         self.world.close()
 
 
@@ -137,7 +140,9 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
     trainer, data = config.trainer, config.data
     actor_cfg, rollout_cfg = config.actor_rollout_ref.actor, config.actor_rollout_ref.rollout
     run_dir = run_dir_of(config)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    _make_run_dir(run_dir)
+    if world.is_main and not quiet:  # before the warm start and model loading, which can take minutes
+        print(f"run directory: {run_dir}", flush=True)
     use_kl_in_reward = config.algorithm.use_kl_in_reward
     # before the warm start, so a bad task size fails fast; rank 0 writes the built-in task's files
     train_files, val_files = world.on_main(lambda: data_files(config, run_dir))
@@ -212,6 +217,20 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
         resume_step=run.global_step,  # 0 on a fresh start: clears an old metrics.jsonl
     )
     return run
+
+
+def _make_run_dir(run_dir: Path) -> None:
+    """Create the run directory, or say why it cannot be (a file in the way, a read-only mount)."""
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / f".write_test.{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise UserError(
+            f"cannot use {str(run_dir)!r} as the run directory ({exc.strerror or exc}): set "
+            "trainer.default_local_dir to a writable directory (a path that is not a file)"
+        ) from exc
 
 
 def _mesh_text(world: World) -> str:

@@ -89,6 +89,7 @@ def policy_model_path(config: Config) -> tuple[Path, dict | None]:
         batch_size=ws.batch_size,
         lr=ws.lr,
         num_threads=None,  # the run's own setting (trainer.cpu_threads, else torch's default)
+        announce=lambda text: print(text, flush=True),  # most of a minute would pass in silence
     )
     return model_dir, warm_start_info(model_dir)
 
