@@ -34,6 +34,13 @@ SHARDING = _DIST + "test_fsdp_config_keys_reach_the_sharding_settings"
 MODEL_DTYPE = _DIST + "test_model_dtype_is_the_dtype_each_model_is_built_in"
 PROCESS_GROUP = _DIST + "test_nccl_timeout_and_fsdp_size_reach_the_process_group"
 LAUNCH = _DIST + "test_process_counts_start_the_processes_or_name_the_torchrun_command"
+_RC = "trainer/test_rollout_correction_runs.py::"
+RC_METRICS = _RC + "test_train_with_rollout_correction_logs_the_metrics"
+RC_REJECT = _RC + "test_rejecting_every_token_leaves_the_policy_unchanged"
+RC_WEIGHTS = _RC + "test_is_weights_of_an_off_policy_engine_are_truncated_and_change_the_update"
+RC_BYPASS = _RC + "test_bypass_uses_the_rollout_log_probs_and_keeps_the_sapo_loss"
+GAP_GUARD = _RC + "test_gap_guard_stops_the_run_before_the_update_and_keeps_the_checkpoint"
+ROLLOUT_LOG_PROBS = _RC + "test_without_rollout_log_probs_no_mismatch_is_logged"
 _FSDP_SECTIONS = ("actor_rollout_ref.actor", "actor_rollout_ref.ref", "critic.model")
 
 # key -> the test that checks the trainer honours it ("file::function", relative to tests/).
@@ -117,6 +124,14 @@ HONOURED: dict[str, str] = {
     "actor_rollout_ref.rollout.max_num_batched_tokens": VLLM,
     "actor_rollout_ref.rollout.enable_prefix_caching": VLLM,
     "actor_rollout_ref.rollout.free_cache_engine": VLLM,
+    "actor_rollout_ref.rollout.calculate_log_probs": ROLLOUT_LOG_PROBS,
+    "actor_rollout_ref.rollout.max_logprob_gap": GAP_GUARD,
+    "algorithm.rollout_correction.rollout_is": RC_WEIGHTS,
+    "algorithm.rollout_correction.rollout_is_threshold": RC_WEIGHTS,
+    "algorithm.rollout_correction.rollout_is_batch_normalize": RC_METRICS,
+    "algorithm.rollout_correction.rollout_rs": RC_REJECT,
+    "algorithm.rollout_correction.rollout_rs_threshold": RC_REJECT,
+    "algorithm.rollout_correction.bypass_mode": RC_BYPASS,
     "actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu": MICRO,
     "actor_rollout_ref.rollout.val_kwargs.n": ACTOR,
     "actor_rollout_ref.rollout.val_kwargs.temperature": ACTOR,

@@ -178,7 +178,9 @@ def test_rollout_is_weights_multiply_every_loss_sapo_gate_included():
     mask[1, 3:] = 0
     for name in POLICY_LOSSES:
         plain, _, plain_grad = run(name, old, new, adv, mask)
-        weighted, _, weighted_grad = run(name, old, new, adv, mask, rollout_is_weights=torch.full((3, 5), 0.7))
+        weighted, _, weighted_grad = run(
+            name, old, new, adv, mask, rollout_is_weights=torch.full((3, 5), 0.7, dtype=D)
+        )
         assert weighted == pytest.approx(0.7 * plain, abs=1e-12), name
         torch.testing.assert_close(weighted_grad, 0.7 * plain_grad, rtol=0, atol=1e-12, msg=name)
 

@@ -195,3 +195,83 @@ def test_bypass_train_skips_the_trainer_forward_and_trains_with_sapo(tiny_qwen3,
         assert "actor/sapo/gate_weight_mean" in record
         assert "rollout_corr/mean_abs_diff" not in record  # no trainer old_log_prob to compare with
         assert 0 < record["actor/sapo/gate_weight_mean"] <= 1
+
+
+# A reward of the response's characters, so responses that differ get different rewards.
+TEXT_REWARD = """
+def compute_score(data_source, solution_str, ground_truth, extra_info=None):
+    return sum(map(ord, solution_str)) % 7 / 6.0
+"""
+
+
+def _scored_overrides(overrides_for, model, tmp_path) -> list[str]:
+    """One step with a reward of the response's text, so the advantages are not all zero."""
+    reward = tmp_path / "reward.py"
+    reward.write_text(TEXT_REWARD)
+    return [
+        *overrides_for(model, tmp_path / "run"),
+        f"custom_reward_function.path={reward}",
+        "actor_rollout_ref.actor.optim.weight_decay=0",
+        "trainer.total_training_steps=1",
+    ]
+
+
+def _one_step_from_a_perturbed_engine(config):
+    """(metrics, policy state after the step, policy state before)."""
+    run = start_run(config, quiet=True)
+    try:
+        before = {name: t.detach().clone() for name, t in run.policy.state_dict().items()}
+        run.engine = _perturbed_engine(run, scale=0.5)
+        metrics = training_step(run)
+        after = {name: t.detach().clone() for name, t in run.policy.state_dict().items()}
+    finally:
+        run.close()
+    return metrics, after, before
+
+
+def test_rejecting_every_token_leaves_the_policy_unchanged(tiny_qwen3, tmp_path, overrides_for):
+    """Rejection reaches the actor's mask: with an engine off the policy and bounds no token can meet
+    (k1 within [log 0.9999, log 1.0001]), no token is trained on, so Adam (no weight decay) moves nothing;
+    the same step without rejection does move the policy."""
+    base = _scored_overrides(overrides_for, tiny_qwen3, tmp_path)
+    plain, moved, before = _one_step_from_a_perturbed_engine(load_config(None, base))
+    assert plain["critic/advantages/max"] > 0
+    assert any(not torch.equal(moved[name], before[name]) for name in before)
+    reject = [f"{RC}.rollout_rs=token_k1", f"{RC}.rollout_rs_threshold=0.9999_1.0001"]
+    metrics, after, before = _one_step_from_a_perturbed_engine(load_config(None, [*base, *reject]))
+    assert metrics["rollout_corr/rollout_rs_masked_fraction"] == 1.0
+    assert metrics["rollout_corr/mean_abs_diff"] > 0.01
+    for name, tensor in after.items():
+        assert torch.equal(tensor, before[name]), name
+    assert all(math.isfinite(v) for v in metrics.values() if isinstance(v, float))
+
+
+def test_is_weights_of_an_off_policy_engine_are_truncated_and_change_the_update(
+    tiny_qwen3, tmp_path, overrides_for
+):
+    """The same step from the same perturbed engine, with and without token IS weights truncated at 1.05:
+    the weights are not 1, some were truncated, and the trained policies differ."""
+    base = _scored_overrides(overrides_for, tiny_qwen3, tmp_path)
+    plain, unweighted, before = _one_step_from_a_perturbed_engine(load_config(None, base))
+    tis = [f"{RC}.rollout_is=token", f"{RC}.rollout_is_threshold=1.05"]
+    weighted, reweighted, _ = _one_step_from_a_perturbed_engine(load_config(None, [*base, *tis]))
+    assert plain["critic/advantages/max"] > 0
+    assert weighted["rollout_corr/rollout_is_max"] > 1.05  # the raw weight, before truncation
+    assert weighted["rollout_corr/rollout_is_mean"] != pytest.approx(1.0, abs=1e-3)
+    assert weighted["rollout_corr/rollout_is_ratio_fraction_high"] > 0
+    assert plain["rollout_corr/mean_abs_diff"] == pytest.approx(weighted["rollout_corr/mean_abs_diff"])
+    assert any(not torch.equal(unweighted[name], before[name]) for name in before)
+    assert any(not torch.equal(unweighted[name], reweighted[name]) for name in before)
+
+
+def test_without_rollout_log_probs_no_mismatch_is_logged(tiny_qwen3, tmp_path, overrides_for):
+    """calculate_log_probs=false: the rollout's log-probs are dropped, so nothing compares them with the
+    trainer's (the default run logs rollout_corr/* from them)."""
+    runs = {}
+    for flag in ("true", "false"):
+        run_dir = tmp_path / flag
+        base = overrides_for(tiny_qwen3, run_dir)
+        assert main(["train", *base, f"actor_rollout_ref.rollout.calculate_log_probs={flag}"]) == 0
+        runs[flag] = records_of(run_dir)[1:]
+    assert all("rollout_corr/mean_abs_diff" in record for record in runs["true"])
+    assert not any(key.startswith("rollout_corr/") for record in runs["false"] for key in record)
