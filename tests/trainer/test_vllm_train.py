@@ -39,9 +39,23 @@ def _check_steps(records, steps):
 
 
 def test_sapo_train_with_the_vllm_engine(tmp_path):
+    """With rollout correction and the gap guard on (docs/rollout_correction.md): on synced float32 weights
+    vLLM's log-probs are the trainer's to ~1e-5, so the guard passes, the IS weights are ~1 and nothing is
+    rejected."""
     steps = ["trainer.total_training_steps=3", "trainer.test_freq=3"]
-    records = _sapo_train(tmp_path / "run", "actor_rollout_ref.rollout.name=vllm", *steps)
+    correction = [
+        "algorithm.rollout_correction.rollout_is=token",
+        "algorithm.rollout_correction.rollout_rs=token_k1",
+        "algorithm.rollout_correction.rollout_rs_threshold=0.5_2.0",
+        "actor_rollout_ref.rollout.max_logprob_gap=0.01",
+    ]
+    records = _sapo_train(tmp_path / "run", "actor_rollout_ref.rollout.name=vllm", *steps, *correction)
     _check_steps(records, 3)
+    for record in records[1:]:
+        assert record["rollout_corr/mean_abs_diff"] < 0.01
+        assert abs(record["rollout_corr/rollout_is_mean"] - 1.0) < 1e-3
+        assert record["rollout_corr/rollout_rs_masked_fraction"] == 0.0
+        assert "actor/sapo/gate_weight_mean" in record
 
 
 def test_two_process_torchrun_with_the_vllm_engine(tmp_path):
