@@ -178,6 +178,7 @@ def test_the_vllm_engine_validates_its_own_keys():
         "enforce_eager": False,
         "enable_prefix_caching": True,
         "free_cache_engine": True,
+        "tensor_model_parallel_size": 1,
         "seed": 1,
     }
     bad_len = load_config(

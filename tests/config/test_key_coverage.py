@@ -124,6 +124,9 @@ HONOURED: dict[str, str] = {
     "actor_rollout_ref.rollout.max_num_batched_tokens": VLLM,
     "actor_rollout_ref.rollout.enable_prefix_caching": VLLM,
     "actor_rollout_ref.rollout.free_cache_engine": VLLM,
+    "actor_rollout_ref.rollout.tensor_model_parallel_size": (
+        "rollout/test_vllm_tensor_parallel.py::test_two_ranks_share_one_tensor_parallel_engine"
+    ),
     "actor_rollout_ref.rollout.calculate_log_probs": ROLLOUT_LOG_PROBS,
     "actor_rollout_ref.rollout.max_logprob_gap": GAP_GUARD,
     "algorithm.rollout_correction.rollout_is": RC_WEIGHTS,

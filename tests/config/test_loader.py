@@ -100,20 +100,20 @@ def test_ignored_keys_are_reported_and_algorithm_changing_values_are_not_ignored
     config = load_config(
         None,
         [
-            "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
+            "actor_rollout_ref.rollout.pipeline_model_parallel_size=1",
             "+ray_init.num_cpus=8",
             "trainer.critic_warmup=0",
         ],
     )
     ignored = {key for key, _, _ in config.provenance.ignored}
     assert ignored == {
-        "actor_rollout_ref.rollout.tensor_model_parallel_size",
+        "actor_rollout_ref.rollout.pipeline_model_parallel_size",
         "ray_init.num_cpus",
         "trainer.critic_warmup",
     }
     # the same key with a value that would change training is an error, not a silent no-op
-    with pytest.raises(ConfigError, match="tensor_model_parallel_size='4'.*accepts it only as 1"):
-        load_config(None, ["actor_rollout_ref.rollout.tensor_model_parallel_size=4"])
+    with pytest.raises(ConfigError, match="pipeline_model_parallel_size='4'.*accepts it only as 1"):
+        load_config(None, ["actor_rollout_ref.rollout.pipeline_model_parallel_size=4"])
     with pytest.raises(ConfigError, match="trainer.critic_warmup=.*accepts it only as 0"):
         load_config(None, ["trainer.critic_warmup=5"])
     with pytest.raises(ConfigError, match="lora_rank.*accepts it only as 0"):

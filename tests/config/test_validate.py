@@ -162,13 +162,13 @@ def test_startup_report_and_record(tmp_path):
     from sapo.config import record_startup
 
     config = cfg(
-        "actor_rollout_ref.rollout.tensor_model_parallel_size=1",
+        "actor_rollout_ref.rollout.pipeline_model_parallel_size=1",
         "reward_model.reward_manager.name=naive",
         "data.train_batch_size=16",
     )
     text = record_startup(config, derived_quantities(config), tmp_path)
     assert "effective_loss_agg_mode" in text and "seq-mean-token-mean" in text
-    assert "actor_rollout_ref.rollout.tensor_model_parallel_size=1" in text.replace("'", "")
+    assert "actor_rollout_ref.rollout.pipeline_model_parallel_size=1" in text.replace("'", "")
     assert "reward_model.reward_manager.name -> reward_model.reward_manager" in text
     # a default that differs from verl's and was not set is listed; one the user set is not
     assert "actor_rollout_ref.rollout.n = 8 (verl: 1)" in text

@@ -207,32 +207,18 @@ def classify(args: list[str]) -> tuple[list[str], list[str]]:
     return supported, ignored
 
 
-PARALLEL_KEYS = ("actor_rollout_ref.rollout.tensor_model_parallel_size",)
-
-
-def one_process(args: list[str]) -> list[str]:
-    """The same command line with the rollout's tensor-parallel size at 1 (each process runs one whole
-    rollout engine); its process counts (trainer.nnodes, trainer.n_gpus_per_node) are kept."""
-    return [f"{arg.split('=', 1)[0]}=1" if arg.split("=", 1)[0] in PARALLEL_KEYS else arg for arg in args]
-
-
-def test_multi_gpu_example_keeps_its_process_counts_and_refuses_only_rollout_tensor_parallelism():
-    with pytest.raises(ConfigError) as err:
-        load_config(None, expand(FSDP_SCRIPT))
-    assert "tensor_model_parallel_size" in str(err.value) and "n_gpus_per_node='8'" not in str(err.value)
-    args = [
-        "actor_rollout_ref.rollout.tensor_model_parallel_size=1"
-        if arg.startswith("actor_rollout_ref.rollout.tensor_model_parallel_size=")
-        else arg
-        for arg in expand(FSDP_SCRIPT)
-    ]
-    config = load_config(None, args)
+def test_multi_gpu_example_keeps_its_process_counts_and_rollout_tensor_parallelism():
+    config = load_config(None, expand(FSDP_SCRIPT))
     assert (config.trainer.nnodes, config.trainer.n_gpus_per_node) == (1, 8)
     assert configured_world_size(config) == 8
+    assert config.actor_rollout_ref.rollout.tensor_model_parallel_size == 2  # 4 engines of 2 ranks each
+    validate(config, world_size=8)
+    with pytest.raises(ConfigError, match="tensor_model_parallel_size=2 must divide the 3 processes"):
+        validate(config, world_size=3)
 
 
 def test_fsdp_example_loads_with_every_key_supported_or_ignored():
-    args = one_process(expand(FSDP_SCRIPT))
+    args = expand(FSDP_SCRIPT)
     assert len(args) == 9 + 3 + 12 + 6 + 4 + 11  # DATA, MODEL, ACTOR, ROLLOUT, REF, TRAINER arrays
     config = load_config(None, args)
     actor = config.actor_rollout_ref.actor
@@ -250,7 +236,7 @@ def test_fsdp_example_loads_with_every_key_supported_or_ignored():
     supported, ignored = classify(args)
     assert all(find_ignored(key) is not None for key in ignored)
     assert sorted(k for k, _, _ in config.provenance.ignored) == sorted(ignored)
-    assert "actor_rollout_ref.rollout.tensor_model_parallel_size" in ignored
+    assert "actor_rollout_ref.rollout.tensor_model_parallel_size" in supported
     assert "actor_rollout_ref.actor.tau_pos" in supported
     # the per-process arithmetic for 8 GPUs, as the script's trainer.n_gpus_per_node says (what the
     # distributed trainer will check): 64 prompts x 16 = 1024 sequences / 8 = 128
@@ -268,7 +254,7 @@ def test_fsdp_example_loads_with_every_key_supported_or_ignored():
 
 
 def test_npu_example_loads_and_validates():
-    args = one_process(expand(NPU_SCRIPT))
+    args = expand(NPU_SCRIPT)
     config = load_config(None, args)
     assert config.trainer.default_local_dir == "/home/user/verl/ckpts/SAPO-Qwen3/SAPO-Qwen3-8B-npu"
     assert config.actor_rollout_ref.rollout.log_prob_micro_batch_size_per_gpu == 32

@@ -224,6 +224,7 @@ def test_vllm_engine_settings_reach_the_engine():
             "actor_rollout_ref.rollout.max_num_batched_tokens=4096",
             "actor_rollout_ref.rollout.enable_prefix_caching=false",
             "actor_rollout_ref.rollout.free_cache_engine=false",
+            "actor_rollout_ref.rollout.tensor_model_parallel_size=2",
             "trainer.seed=3",
         ],
     )
@@ -235,6 +236,7 @@ def test_vllm_engine_settings_reach_the_engine():
         "enforce_eager": True,
         "enable_prefix_caching": False,
         "free_cache_engine": False,
+        "tensor_model_parallel_size": 2,
         "seed": 3,
     }
     assert engine_settings(load_config(None, [])) == {}  # the hf engine has no such settings

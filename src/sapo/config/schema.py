@@ -243,6 +243,12 @@ class RolloutConfig:
         None, "vllm only: tokens per engine step. null: vLLM's default.", verl=8192
     )
     enable_prefix_caching: bool = opt(True, "vllm only: reuse the KV of shared prompt prefixes.")
+    tensor_model_parallel_size: int = opt(
+        1,
+        "vllm only: processes that share one engine, each holding 1/tp of its weights (consecutive "
+        "ranks; must divide the process count). The group's prompts are generated together.",
+        verl=2,
+    )
     free_cache_engine: bool = opt(
         True,
         "vllm on GPU only: sleep mode, the engine frees its KV cache and offloads its weights while the "

@@ -16,7 +16,13 @@ from typing import Any
 from sapo.config.resolve import resolve_config
 from sapo.config.schema import Config
 from sapo.config.value_checks import unsupported_value_problems
-from sapo.config.world_checks import divisors_hint, fsdp_problems, per_process_problems, uses_reference
+from sapo.config.world_checks import (
+    divisors_hint,
+    fsdp_problems,
+    per_process_problems,
+    tensor_parallel_problems,
+    uses_reference,
+)
 from sapo.errors import ConfigError
 
 LOGGERS = ("console", "tensorboard", "wandb")
@@ -49,6 +55,7 @@ def validate(config: Config, *, world_size: int = 1) -> None:
     problems: list[str] = []
     problems += _batch_problems(config, world_size)
     problems += fsdp_problems(config, world_size)
+    problems += tensor_parallel_problems(config, world_size)
     problems += component_problems(config)
     problems += _algorithm_problems(config)
     problems += rollout_correction_problems(config)

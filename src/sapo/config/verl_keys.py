@@ -142,7 +142,6 @@ IGNORED_KEYS: tuple[IgnoredKey, ...] = (
     IgnoredKey("actor_rollout_ref.actor.use_fused_kernels", _KERNEL),
     # --- rollout engine
     IgnoredKey("actor_rollout_ref.rollout.mode", "sync/async engine driving; same samples"),
-    IgnoredKey("actor_rollout_ref.rollout.tensor_model_parallel_size", _PARALLEL, (1,)),
     IgnoredKey("actor_rollout_ref.rollout.data_parallel_size", _PARALLEL, (1,)),
     IgnoredKey("actor_rollout_ref.rollout.expert_parallel_size", _PARALLEL, (1,)),
     IgnoredKey("actor_rollout_ref.rollout.pipeline_model_parallel_size", _PARALLEL, (1,)),

@@ -133,3 +133,27 @@ def divisors_hint(total: int, near: int) -> str:
     divisors = [d for d in range(1, total + 1) if total % d == 0]
     divisors.sort(key=lambda d: (abs(d - near), d))
     return " or ".join(str(d) for d in sorted(divisors[:2]))
+
+
+def tensor_parallel_problems(config: Config, world_size: int) -> list[str]:
+    """``rollout.tensor_model_parallel_size``: the vllm engine's TP groups are consecutive ranks of the
+    world (as vLLM builds them under ``external_launcher``), so the size must divide the process count."""
+    rollout = config.actor_rollout_ref.rollout
+    tp = rollout.tensor_model_parallel_size
+    key = "actor_rollout_ref.rollout.tensor_model_parallel_size"
+    if isinstance(tp, bool) or not isinstance(tp, int) or tp < 1:
+        return [f"{key}={tp!r} must be a positive integer (1: one engine per process)"]
+    if tp == 1:
+        return []
+    if rollout.name != "vllm":
+        return [
+            f"{key}={tp} needs actor_rollout_ref.rollout.name=vllm (the {rollout.name!r} engine holds the "
+            f"whole model on each process): set rollout.name=vllm, or {key}=1"
+        ]
+    if world_size % tp:
+        fits = [d for d in range(1, world_size + 1) if world_size % d == 0]
+        return [
+            f"{key}={tp} must divide the {world_size} processes (each group of {tp} consecutive ranks shares "
+            f"one engine): use one of {', '.join(map(str, fits))}, or start a multiple of {tp} processes"
+        ]
+    return []

@@ -2,7 +2,12 @@
 
 One in-process engine per training process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``), built from the
 policy's directory next to the trainer's model; under torchrun each rank runs its own engine on its own
-prompts (``distributed_executor_backend="external_launcher"``), ``tensor_parallel_size=1``.
+prompts (``distributed_executor_backend="external_launcher"``).
+
+Tensor parallelism (``rollout.tensor_model_parallel_size = tp > 1``): each group of ``tp`` consecutive
+ranks (vLLM's own TP groups under ``external_launcher``) runs one engine whose weights are split over the
+group. vLLM's ranks must submit the same requests, so each rank's prompts and seeds are gathered over the
+group, all of them are generated, and each rank keeps the responses of its own prompts (TRL's design).
 
 Weight sync, after every optimizer step (`update_weights`): the trainer's ``(name, tensor)`` stream in
 Hugging Face checkpoint names (`sapo.rollout.weights`, FSDP2's ``full_tensor()`` gathers one at a time)
@@ -39,6 +44,7 @@ from sapo.rollout.base import RolloutBatch, SamplingParams, check_prompts, left_
 from sapo.rollout.registry import register_rollout_engine
 from sapo.rollout.vllm_fingerprint import (
     FingerprintRecorder,
+    assemble,
     mismatched,
     read_engine_samples,
     read_plan,
@@ -96,11 +102,13 @@ class VLLMRolloutEngine:
         enforce_eager: bool = False,
         enable_prefix_caching: bool = True,
         free_cache_engine: bool = False,
+        tensor_model_parallel_size: int = 1,
         seed: int = 0,
         check_weights: bool = True,
     ):
         vllm = _import_vllm()
         path = _model_dir(model, model_path)
+        self.tp_group = _tensor_parallel_group(tensor_model_parallel_size)
         self.model, self.tokenizer = model, tokenizer
         self.pad_token_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.context_length = max_model_len or getattr(model.config, "max_position_embeddings", None)
@@ -114,7 +122,7 @@ class VLLMRolloutEngine:
             tokenizer=path,
             dtype=str(self.dtype).removeprefix("torch."),
             seed=seed,
-            tensor_parallel_size=1,
+            tensor_parallel_size=tensor_model_parallel_size,
             gpu_memory_utilization=gpu_memory_utilization,
             max_model_len=self.context_length,
             enforce_eager=enforce_eager,
@@ -164,7 +172,8 @@ class VLLMRolloutEngine:
         self._check(recorder.samples)
 
     def _check(self, samples: dict) -> None:
-        engine = self.llm.collective_rpc(read_engine_samples, args=(read_plan(samples),))[0]
+        pieces = self.llm.collective_rpc(read_engine_samples, args=(read_plan(samples),))[0]
+        engine = assemble(samples, _gather(pieces, self.tp_group))  # each TP rank holds a slice
         differ, unchecked = mismatched(samples, engine, self.dtype)
         if differ or len(unchecked) == len(samples):
             shown = ", ".join(differ[:8]) + (f" and {len(differ) - 8} more" if len(differ) > 8 else "")
@@ -202,11 +211,14 @@ class VLLMRolloutEngine:
         if self.asleep:  # a generate without a sync in between (validation after a sleep)
             self.llm.wake_up()
             self.asleep = False
+        # a TP group's ranks must submit the same requests: the group's prompts, in rank order
+        shares = _gather((list(map(list, prompts)), list(seeds)), self.tp_group)
+        mine = sum(len(share_prompts) for share_prompts, _ in shares[: _rank_in(self.tp_group)])
         outputs = self.llm.generate(
-            [{"prompt_token_ids": list(p)} for p in prompts],
-            [self._vllm_sampling(sampling, seed) for seed in seeds],  # one per request, in order
+            [{"prompt_token_ids": p} for share_prompts, _ in shares for p in share_prompts],
+            [self._vllm_sampling(sampling, seed) for _, share_seeds in shares for seed in share_seeds],
             use_tqdm=False,
-        )
+        )[mine : mine + len(prompts)]  # this rank's prompts' responses
         if self.sleep_mode:  # free the GPU for the update: level 1 (level 2 has served stale weights)
             self.llm.sleep(level=1)
             self.asleep = True
@@ -239,6 +251,34 @@ class VLLMRolloutEngine:
             prompt_index=torch.arange(len(prompts)).repeat_interleave(n),
             pad_token_id=self.pad_token_id,
         )
+
+
+def _tensor_parallel_group(size: int):
+    """The process group of this rank's engine: ``size`` consecutive ranks (None for ``size == 1``)."""
+    if size == 1:
+        return None
+    dist = torch.distributed
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    if world % size:
+        raise UserError(
+            f"actor_rollout_ref.rollout.tensor_model_parallel_size={size} needs a multiple of {size} processes "
+            f"started by torchrun (got {world}): torchrun --nproc_per_node {size} ..., or set it to 1"
+        )
+    group, _ = dist.new_subgroups(group_size=size)  # collective: every rank builds its engine
+    return group
+
+
+def _rank_in(group) -> int:
+    return 0 if group is None else torch.distributed.get_rank(group)
+
+
+def _gather(value, group) -> list:
+    """``value`` of every rank of ``group``, in rank order (``[value]`` without a group)."""
+    if group is None:
+        return [value]
+    out = [None] * torch.distributed.get_world_size(group)
+    torch.distributed.all_gather_object(out, value, group=group)
+    return out
 
 
 def _executor_backend() -> str | None:
@@ -277,6 +317,7 @@ register_rollout_engine(
                 "enforce_eager",
                 "enable_prefix_caching",
                 "free_cache_engine",
+                "tensor_model_parallel_size",
             )
         },
         "seed": "trainer.seed",
