@@ -66,6 +66,23 @@ def test_two_process_torchrun_with_the_vllm_engine(tmp_path):
     _check_steps(records, 2)
 
 
+def test_two_processes_share_one_tensor_parallel_vllm_engine(tmp_path):
+    """tensor_model_parallel_size=2 over 2 processes: one engine, each rank generating its own prompts.
+    A rank given another rank's responses would fail the log-prob check (the trainer scores its own
+    prompts); greedy validation before training is the single-process hf engine's."""
+    records = _sapo_train(
+        tmp_path / "tp",
+        "actor_rollout_ref.rollout.name=vllm",
+        "actor_rollout_ref.rollout.tensor_model_parallel_size=2",
+        "trainer.total_training_steps=2",
+        "trainer.test_freq=2",
+        nproc=2,
+    )
+    _check_steps(records, 2)
+    single = _sapo_train(tmp_path / "hf", "trainer.val_only=true")  # one process, the hf engine
+    assert records[0]["val-core/acc/mean"] == single[0]["val-core/acc/mean"]
+
+
 @pytest.mark.slow
 def test_vllm_lifts_accuracy_like_the_hf_engine(tmp_path):
     """The built-in default, once per engine: both lift greedy validation accuracy (docs/vllm.md)."""
