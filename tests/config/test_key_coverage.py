@@ -196,6 +196,9 @@ HONOURED: dict[str, str] = {
     "trainer.validation_data_dir": DUMPS,
     "trainer.test_freq": "trainer/test_resume.py::test_resume_reproduces_the_uninterrupted_run_bit_for_bit",
     "trainer.save_freq": DUMPS,
+    "trainer.max_nonfinite_steps": (
+        "trainer/test_nonfinite.py::test_max_nonfinite_steps_in_a_row_stop_the_run_with_a_checkpoint"
+    ),
     "trainer.save_every_minutes": (
         "trainer/test_stopping.py::test_save_every_minutes_saves_after_every_step_once_due"
     ),

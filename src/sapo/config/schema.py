@@ -467,6 +467,13 @@ class TrainerConfig:
         "run killed without warning loses at most that much work. SIGTERM / SIGINT always save and stop.",
         verl=NO_VERL_DEFAULT,
     )
+    max_nonfinite_steps: int | None = opt(
+        5,
+        "Stop the run, after saving a checkpoint, when this many steps in a row had a NaN / Inf (rewards, "
+        "advantages, values, log-probs, loss or gradients; each such update is skipped). null: never stop. "
+        "(sapo key)",
+        verl=NO_VERL_DEFAULT,
+    )
     val_before_train: bool = opt(True, "Validate once before the first step.")
     val_only: bool = opt(False, "Validate the current policy and exit (whatever val_before_train says).")
     resume_mode: str = opt("auto", "auto (latest checkpoint if any) | disable | resume_path.")

@@ -242,6 +242,11 @@ def _range_problems(config: Config) -> list[str]:
             ">= 1 or null",
         ),
         ("data.val_batch_size", _none_or_at_least(config.data.val_batch_size, 1), ">= 1 or null"),
+        (
+            "trainer.max_nonfinite_steps",
+            _none_or_at_least(config.trainer.max_nonfinite_steps, 1),
+            ">= 1 or null",
+        ),
         ("algorithm.kl_ctrl.kl_coef", config.algorithm.kl_ctrl.kl_coef >= 0, ">= 0"),
         (
             "reward_model.overlong_buffer.penalty_factor",

@@ -261,8 +261,9 @@ def _tensor_parallel_group(size: int):
     world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
     if world % size:
         raise UserError(
-            f"actor_rollout_ref.rollout.tensor_model_parallel_size={size} needs a multiple of {size} processes "
-            f"started by torchrun (got {world}): torchrun --nproc_per_node {size} ..., or set it to 1"
+            f"actor_rollout_ref.rollout.tensor_model_parallel_size={size} needs a multiple of {size} "
+            f"processes started by torchrun (got {world}): torchrun --nproc_per_node {size} ..., or set it "
+            "to 1"
         )
     group, _ = dist.new_subgroups(group_size=size)  # collective: every rank builds its engine
     return group

@@ -87,8 +87,12 @@ def policy_micro_loss(model, micro: Batch, counts: dict, *, settings: PolicyLoss
         temperature=settings.temperature,
         compute_entropy=True,
     )
-    old_log_prob = micro.old_log_prob if micro.old_log_prob is not None else log_prob.detach()
     mask = micro.response_mask
+    if not bool(torch.isfinite(log_prob.detach())[mask.bool()].all()):
+        # the forward gave NaN / Inf (the losses refuse those): a NaN loss that still back-propagates
+        # through every layer, so FSDP's collectives stay in step and ppo_update skips the step
+        return log_prob.sum() * float("nan"), {}, {}
+    old_log_prob = micro.old_log_prob if micro.old_log_prob is not None else log_prob.detach()
     pg_loss, metrics = get_policy_loss(settings.loss_mode)(
         old_log_prob,
         log_prob,

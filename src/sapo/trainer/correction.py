@@ -74,10 +74,15 @@ def check_logprob_gap(batch: Batch, max_gap: float | None) -> None:
         )
 
 
+def batch_correction_on(rc) -> bool:
+    """Whether IS weights or rejection are configured (``rc`` = ``algorithm.rollout_correction``)."""
+    return rc.rollout_is is not None or rc.rollout_rs is not None
+
+
 def batch_correction(batch: Batch, rc) -> RolloutCorrection | None:
     """IS weights and rejection mask of the whole batch (``rc`` = ``algorithm.rollout_correction``);
     None when neither is configured, and in bypass mode."""
-    if rc.bypass_mode or (rc.rollout_is is None and rc.rollout_rs is None):
+    if rc.bypass_mode or not batch_correction_on(rc):
         return None
     return rollout_correction(
         batch.old_log_prob,

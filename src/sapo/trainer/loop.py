@@ -11,7 +11,8 @@ Per step:
    correction (IS weights, rejection mask: :mod:`sapo.core.rollout_correction`) on the whole batch;
 4. ``ref_log_prob`` when a KL term is on, critic ``values`` for ``gae``;
 5. token rewards (``scores - beta * KL`` with ``algorithm.use_kl_in_reward``) and advantages
-   (``algorithm.adv_estimator``);
+   (``algorithm.adv_estimator``); a NaN / Inf in any of the batch's per-token values skips step 6, and
+   ``trainer.max_nonfinite_steps`` such steps in a row stop the run (`sapo.trainer.nonfinite`);
 6. update the actor (:mod:`sapo.trainer.actor`; rejected tokens out of its mask, IS weights on its
    loss; advantages and the critic see the whole mask) and the critic, then step the learning-rate schedules;
 7. log; validate every ``trainer.test_freq`` steps; checkpoint every ``trainer.save_freq`` steps, when
@@ -47,6 +48,7 @@ from sapo.trainer import run_checkpoint
 from sapo.trainer.actor import update_actor
 from sapo.trainer.correction import (
     batch_correction,
+    batch_correction_on,
     bypass_old_log_prob,
     check_logprob_gap,
     needs_trainer_old_log_prob,
@@ -58,6 +60,7 @@ from sapo.trainer.generations import (
     format_val_generations,
     generation_records,
 )
+from sapo.trainer.nonfinite import nonfinite_sources, stop_error, warn
 from sapo.trainer.rollout_step import compute_log_probs, generate_and_score
 from sapo.trainer.run import TrainingRun, start_run
 from sapo.trainer.step_metrics import batch_metrics
@@ -109,6 +112,8 @@ def _train_steps(run: TrainingRun) -> dict[str, float]:
                 metrics.update(validate(run))
             run.logger.log(metrics, step=step)
             decision = decide(signals, clock, run.world)
+            if run.nonfinite.exhausted():  # too many non-finite steps in a row: save the last good weights
+                raise stop_error(step, run.nonfinite.limit, run.nonfinite.last, save(run))
             if last or _every(trainer.save_freq, step) or decision.save:
                 checkpoint = save(run)
                 clock.saved()
@@ -153,8 +158,11 @@ def training_step(run: TrainingRun) -> dict[str, float]:
             batch.old_log_prob = compute_log_probs(
                 run.policy, batch, run.log_prob_micro, temperature, run.log_prob_max_tokens, run.world
             )
-    check_logprob_gap(batch, run.config.actor_rollout_ref.rollout.max_logprob_gap)
-    correction = batch_correction(batch, correction_config)
+    reads_rollout = correction_config.bypass_mode or batch_correction_on(correction_config)
+    correction = None
+    if not nonfinite_sources(batch, reads_rollout):  # else the guard below skips the step
+        check_logprob_gap(batch, run.config.actor_rollout_ref.rollout.max_logprob_gap)
+        correction = batch_correction(batch, correction_config)
     if run.reference is not None:
         with _timer(timing, "ref"):
             batch.ref_log_prob = compute_log_probs(
@@ -167,24 +175,14 @@ def training_step(run: TrainingRun) -> dict[str, float]:
                 run.critic, batch, schedule.micro_batch_size, schedule.max_token_len, run.world
             )
     with _timer(timing, "adv"):
-        reward_metrics = _rewards_and_advantages(run, batch)
-    with _timer(timing, "update_critic"):
-        critic_metrics = (
-            update_critic(
-                run.critic, run.critic_optimizer, batch, run.critic_settings, run.shuffle_generator, run.world
-            )
-            if run.critic is not None
-            else {}
-        )
-    actor_batch = batch  # the actor's view: rejected tokens out of its mask, IS weights on its loss
-    if correction is not None:
-        actor_batch = replace(
-            batch, response_mask=correction.keep_mask, rollout_is_weights=correction.weights
-        )
-    with _timer(timing, "update_actor"):
-        actor_metrics = update_actor(
-            run.policy, run.optimizer, actor_batch, run.actor, run.shuffle_generator, run.world
-        )
+        reward_metrics, seq_kl = _rewards_and_advantages(run, batch)
+    # the non-finite guard (sapo.trainer.nonfinite): the whole batch is on every rank, so all skip alike
+    nonfinite = nonfinite_sources(batch, reads_rollout)
+    critic_metrics, actor_metrics = {}, {}
+    if not nonfinite:
+        if run.kl_ctrl is not None:  # n_steps counts sequences, as verl's apply_kl_penalty passes
+            run.kl_ctrl.update(seq_kl, n_steps=batch.num_sequences)
+        critic_metrics, actor_metrics = _update(run, batch, correction, timing)
     lr = run.scheduler.get_last_lr()[0]
     run.scheduler.step()
     if run.critic_scheduler is not None:
@@ -200,7 +198,8 @@ def training_step(run: TrainingRun) -> dict[str, float]:
         records = generation_records(scored, run.global_step, batch.advantages, batch.response_mask)
         dump_generations(run.config.trainer.rollout_data_dir, run.global_step, records)
     if (
-        batch.old_log_prob is not None
+        not nonfinite
+        and batch.old_log_prob is not None
         and batch.rollout_log_probs is not None
         and not correction_config.bypass_mode
     ):
@@ -213,10 +212,36 @@ def training_step(run: TrainingRun) -> dict[str, float]:
             )
     if correction is not None:
         metrics.update(correction.metrics)
+    metrics.update(run.nonfinite.record(batch, nonfinite, {**actor_metrics, **critic_metrics}))
+    if run.nonfinite.count and run.world.is_main:
+        warn(run.global_step, run.nonfinite.last, bool(nonfinite), run.nonfinite.count, run.nonfinite.limit)
     metrics["actor/lr"] = lr
     metrics["training/global_step"] = run.global_step
     metrics["training/epoch"] = epoch_before
     return metrics
+
+
+def _update(run: TrainingRun, batch, correction, timing) -> tuple[dict, dict]:
+    """Step 6's updates: the critic on the whole mask, the actor on its view (rejected tokens out of its
+    mask, IS weights on its loss); their metrics."""
+    with _timer(timing, "update_critic"):
+        critic_metrics = (
+            update_critic(
+                run.critic, run.critic_optimizer, batch, run.critic_settings, run.shuffle_generator, run.world
+            )
+            if run.critic is not None
+            else {}
+        )
+    actor_batch = batch
+    if correction is not None:
+        actor_batch = replace(
+            batch, response_mask=correction.keep_mask, rollout_is_weights=correction.weights
+        )
+    with _timer(timing, "update_actor"):
+        actor_metrics = update_actor(
+            run.policy, run.optimizer, actor_batch, run.actor, run.shuffle_generator, run.world
+        )
+    return critic_metrics, actor_metrics
 
 
 def _overlong_metrics(run: TrainingRun, reward) -> dict[str, float]:
@@ -232,18 +257,21 @@ def _overlong_metrics(run: TrainingRun, reward) -> dict[str, float]:
     }
 
 
-def _rewards_and_advantages(run: TrainingRun, batch) -> dict[str, float]:
+def _rewards_and_advantages(run: TrainingRun, batch) -> tuple[dict[str, float], float | None]:
+    """Token rewards and advantages on ``batch``; the metrics and the batch's mean sequence KL (None
+    without a KL-in-reward controller), which the controller is updated with if the step is trained on."""
     metrics: dict[str, float] = {}
+    seq_kl = None
     batch.token_level_rewards = batch.token_level_scores
     if run.kl_ctrl is not None:
         kl = kl_penalty(batch.old_log_prob, batch.ref_log_prob, run.config.algorithm.kl_penalty)  # [N, R]
         kl = kl * batch.response_mask
         batch.token_level_rewards = batch.token_level_scores - run.kl_ctrl.value * kl
-        seq_kl = (kl.sum(-1) / batch.response_mask.sum(-1).clamp(min=1)).mean()
-        metrics["actor/reward_kl_penalty"] = float(seq_kl)
+        seq_kl = float((kl.sum(-1) / batch.response_mask.sum(-1).clamp(min=1)).mean())
+        metrics["actor/reward_kl_penalty"] = seq_kl
         metrics["actor/reward_kl_penalty_coeff"] = run.kl_ctrl.value
-        # n_steps counts sequences (prompts x rollout.n): verl's apply_kl_penalty passes the batch's size
-        run.kl_ctrl.update(float(seq_kl), n_steps=batch.num_sequences)
+    if nonfinite_sources(batch, reads_rollout_log_probs=False):  # the guard skips this step
+        return metrics, seq_kl
     batch.advantages, batch.returns = compute_advantages(
         run.config.algorithm.adv_estimator,
         token_level_rewards=batch.token_level_rewards,
@@ -252,7 +280,7 @@ def _rewards_and_advantages(run: TrainingRun, batch) -> dict[str, float]:
         values=batch.values,  # None without a critic; estimators that take no values ignore it
         **run.estimator_kwargs,
     )
-    return metrics
+    return metrics, seq_kl
 
 
 @contextmanager

@@ -11,7 +11,9 @@ For one rollout batch of ``N`` sequences:
    counts, so the micro-batch gradients add up to the gradient of one pass over the whole mini-batch
    (SAPO.md, "Aggregation"), whatever the split;
 4. clip the gradients to ``grad_clip`` (global L2 norm; ``<= 0``: no clipping, the norm is still logged) and
-   skip the step, rather than take it, when the norm is not finite (verl's rule).
+   skip the step, rather than take it, when the norm is not finite (verl's rule; a NaN / Inf loss makes
+   it so), counting it in ``<prefix>/skipped_steps`` and the non-finite micro-batch losses in
+   ``<prefix>/nonfinite_losses`` (`sapo.trainer.nonfinite`).
 
 In a world of several processes every rank holds the whole batch and draws the same shuffle; of each
 mini-batch it processes its share of the rows (`World.share`), with the counts of step 2 taken over the
@@ -102,6 +104,7 @@ def _optimizer_step(model, optimizer, mini: Batch, schedule: UpdateSchedule, mic
     local = mini.select(list(world.share(mini.num_sequences)))
     micro_batches = local.micro_batches(schedule.micro_batch_size, schedule.max_token_len)
     per_micro, term_sums = [], defaultdict(float)  # per_micro: (metrics, valid tokens) pairs
+    nonfinite_losses = 0
     for i in range(world.max(len(micro_batches))):
         _, micro = micro_batches[min(i, len(micro_batches) - 1)]
         loss, metrics, terms = micro_loss(model, micro.trimmed(), counts)
@@ -112,6 +115,7 @@ def _optimizer_step(model, optimizer, mini: Batch, schedule: UpdateSchedule, mic
             (loss * 0.0).backward()
             continue
         (loss * world.size).backward()  # FSDP averages over ranks; the losses are already global
+        nonfinite_losses += 0 if bool(torch.isfinite(loss.detach())) else 1
         per_micro.append((metrics, float(micro.response_mask.sum())))  # tokens: its means' weight
         for name, value in terms.items():
             term_sums[name] += value  # globally normalised terms add up to the mini-batch's value
@@ -125,7 +129,7 @@ def _optimizer_step(model, optimizer, mini: Batch, schedule: UpdateSchedule, mic
     every_micro = world.gather_lists(per_micro)  # all ranks' micro-batches
     return {
         **reduce_metrics([m for m, _ in every_micro], [tokens for _, tokens in every_micro]),
-        **world.sum(dict(term_sums)),
+        **world.sum({**term_sums, f"{prefix}/nonfinite_losses": nonfinite_losses}),
         f"{prefix}/grad_norm": grad_norm,
         f"{prefix}/skipped_steps": 0.0 if math.isfinite(grad_norm) else 1.0,
     }

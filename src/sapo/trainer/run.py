@@ -36,6 +36,7 @@ from sapo.trainer import run_checkpoint, settings
 from sapo.trainer.actor import ActorUpdateSettings
 from sapo.trainer.critic import CriticUpdateSettings
 from sapo.trainer.logging import MetricsLogger, SilentLogger
+from sapo.trainer.nonfinite import NonFiniteStreak
 from sapo.trainer.setup import (
     build_dataset,
     build_models,
@@ -84,6 +85,7 @@ class TrainingRun:
     global_step: int = 0
     warm_start: dict | None = None
     derived: dict = field(default_factory=dict)
+    nonfinite: NonFiniteStreak = field(default_factory=lambda: NonFiniteStreak(None))
 
     def extra_state(self) -> dict:
         """Everything besides weights and optimizer that the next step depends on."""
@@ -92,6 +94,7 @@ class TrainingRun:
             "sampler": self.sampler.state_dict(),
             "shuffle_generator": self.shuffle_generator.get_state(),
             "kl_coef": None if self.kl_ctrl is None else float(self.kl_ctrl.value),
+            "nonfinite_streak": self.nonfinite.count,
         }
 
     def load_extra_state(self, state: dict) -> None:
@@ -100,6 +103,7 @@ class TrainingRun:
         self.shuffle_generator.set_state(state["shuffle_generator"])
         if self.kl_ctrl is not None and state.get("kl_coef") is not None:
             self.kl_ctrl.value = float(state["kl_coef"])
+        self.nonfinite.count = int(state.get("nonfinite_streak", 0))  # absent before the guard existed
 
     def close(self) -> None:
         if self.logger is not None:
@@ -193,6 +197,7 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
         world=world,
         model_path=models.path,
         rollout_model=models.rollout_model,
+        nonfinite=NonFiniteStreak(config.trainer.max_nonfinite_steps),
     )
     if use_kl_in_reward:
         run.kl_ctrl = _kl_controller(config)

@@ -26,8 +26,9 @@ def batch_metrics(batch: Batch, timing: dict[str, float]) -> dict[str, float]:
     metrics: dict[str, float] = {}
     metrics.update(_stats("critic/score", batch.token_level_scores.sum(-1)))
     metrics.update(_stats("critic/rewards", batch.token_level_rewards.sum(-1)))
-    metrics.update(_stats("critic/advantages", batch.advantages[mask]))
-    metrics.update(_stats("critic/returns", batch.returns[mask]))
+    if batch.advantages is not None:  # None: a non-finite input skipped them (sapo.trainer.nonfinite)
+        metrics.update(_stats("critic/advantages", batch.advantages[mask]))
+        metrics.update(_stats("critic/returns", batch.returns[mask]))
     if batch.values is not None:
         metrics.update(_stats("critic/values", batch.values[mask]))
     metrics.update(_stats("response_length", response_length))
