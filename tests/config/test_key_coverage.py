@@ -178,6 +178,7 @@ HONOURED: dict[str, str] = {
     "reward_model.reward_manager": REWARD,
     "reward_model.on_error": REWARD,
     "reward_model.timeout_s": _WIRING + "test_reward_timeout_reaches_the_manager",
+    "reward_model.max_error_fraction": _WIRING + "test_reward_timeout_reaches_the_manager",
     "reward_model.overlong_buffer.enable": _KEYS
     + "test_dapo_manager_applies_the_overlong_penalty_only_when_enabled",
     "reward_model.overlong_buffer.len": REWARD,

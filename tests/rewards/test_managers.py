@@ -124,6 +124,25 @@ def test_on_error_zero_scores_zero_and_counts(flaky, response, problem, caplog):
     assert "scored 0" in caplog.text
 
 
+def test_more_than_max_error_fraction_failing_stops_even_with_on_error_zero(flaky):
+    # 2 of 4 fail: at the default 0.5, not more, so they score 0; 3 of 4 is more
+    assert NaiveRewardManager(flaky, on_error="zero")(samples("7", "raise", "7", "nan")).num_failures == 2
+    with pytest.raises(RewardError) as err:
+        NaiveRewardManager(flaky, on_error="zero")(samples("7", "raise", "text", "nan"))
+    message = str(err.value)
+    assert "3 of 4 samples failed" in message and "reward_model.max_error_fraction=0.5" in message
+    assert "raised ValueError: cannot parse on sample 1" in message  # the first failure, named
+    assert "on_error='zero'" not in message  # it is not the way out when the function is broken
+    with pytest.raises(RewardError, match="1 of 4 samples failed"):  # a stricter limit
+        NaiveRewardManager(flaky, on_error="zero", max_error_fraction=0.2)(samples("7", "raise", "7", "8"))
+
+
+def test_every_sample_failing_with_on_error_raise_does_not_suggest_zero(flaky):
+    with pytest.raises(RewardError) as err:
+        NaiveRewardManager(flaky)(samples("raise", "raise"))
+    assert "2 of 2 samples failed" in str(err.value) and "on_error='zero'" not in str(err.value)
+
+
 def test_a_hanging_reward_is_killed_after_the_timeout(flaky):
     manager = NaiveRewardManager(flaky, on_error="zero", timeout_s=1.0, num_workers=2)
     try:
@@ -144,7 +163,7 @@ def test_a_hanging_reward_is_killed_after_the_timeout(flaky):
 
 def test_worker_processes_report_the_same_failures_as_in_process_calls(flaky):
     responses = ["7", "raise", "nan", "text", "dict", "exit", "8"]
-    manager = NaiveRewardManager(flaky, on_error="zero", timeout_s=30.0)
+    manager = NaiveRewardManager(flaky, on_error="zero", timeout_s=30.0, max_error_fraction=1.0)
     try:
         result = manager(samples(*responses))
     finally:

@@ -268,12 +268,23 @@ def test_builtin_run_keys_reach_the_warm_start_and_task(tmp_path, monkeypatch):
         run.close()
 
 
-def test_reward_timeout_reaches_the_manager():
-    manager = build_reward(load_config(None, ["reward_model.timeout_s=5"]))
-    try:
-        assert manager.timeout_s == 5.0
-    finally:
-        manager.close()
+def test_reward_timeout_reaches_the_manager(tmp_path):
+    script = tmp_path / "score.py"
+    script.write_text(
+        "def compute_score(data_source, solution_str, ground_truth, extra_info=None):\n    return 1\n"
+    )
+    custom = [f"custom_reward_function.path={script}"]
+    for overrides, timeout in (
+        (custom + ["reward_model.timeout_s=5"], 5.0),
+        (custom, 30.0),  # the default: a custom function's calls are time-limited
+        (custom + ["reward_model.timeout_s=null"], None),
+        (["reward_model.timeout_s=5"], None),  # the built-in scorers run in-process
+    ):
+        manager = build_reward(load_config(None, [*overrides, "reward_model.max_error_fraction=0.25"]))
+        try:
+            assert (manager.timeout_s, manager.max_error_fraction) == (timeout, 0.25), overrides
+        finally:
+            manager.close()
 
 
 def test_inherited_keys_resolve_from_the_trainer_section():

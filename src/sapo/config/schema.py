@@ -421,9 +421,17 @@ class RewardModelConfig:
         verl=NO_VERL_DEFAULT,
     )
     timeout_s: float | None = opt(
-        None,
-        "Seconds one scoring call may take; enforced by running the function in worker processes. null: no "
-        "limit, in-process (fastest). (sapo key)",
+        30.0,
+        "Seconds one call of a custom reward function may take (a hung call is killed and counts as a "
+        "failure); enforced by running it in worker processes, about 0.03 ms per sample. The built-in "
+        "scorers run in-process (bounded; math-verify has its own parsing timeout). null: no limit, "
+        "in-process. (sapo key)",
+        verl=NO_VERL_DEFAULT,
+    )
+    max_error_fraction: float = opt(
+        0.5,
+        "Stop the run when more than this fraction of a batch's reward calls fail, even with "
+        "on_error=zero: a function that fails that often is broken for the data. 1: never. (sapo key)",
         verl=NO_VERL_DEFAULT,
     )
     overlong_buffer: OverlongBufferConfig = section(OverlongBufferConfig, "DAPO overlong buffer.")

@@ -249,6 +249,16 @@ def _range_problems(config: Config) -> list[str]:
         ),
         ("algorithm.kl_ctrl.kl_coef", config.algorithm.kl_ctrl.kl_coef >= 0, ">= 0"),
         (
+            "reward_model.max_error_fraction",
+            0 <= config.reward_model.max_error_fraction <= 1,
+            "in [0, 1] (1: never stop)",
+        ),
+        (
+            "reward_model.timeout_s",
+            config.reward_model.timeout_s is None or config.reward_model.timeout_s > 0,
+            "> 0 seconds or null (no limit)",
+        ),
+        (
             "reward_model.overlong_buffer.penalty_factor",
             config.reward_model.overlong_buffer.penalty_factor >= 0,
             ">= 0",

@@ -129,6 +129,10 @@ class RLDataset:
     def __len__(self) -> int:
         return len(self._rows)
 
+    def data_sources(self) -> list[str]:
+        """The distinct values of the ``reward_fn_key`` column, in order of first appearance."""
+        return list(dict.fromkeys(str(row[self.reward_fn_key]) for row in self._rows))
+
     def __getitem__(self, i: int) -> dict:
         row = self._rows[i]
         return {

@@ -25,23 +25,40 @@ MATH_DATA_SOURCES = frozenset(
 )
 
 
-def default_compute_score(data_source: str, solution_str: str, ground_truth, extra_info=None) -> float:
-    """Score ``solution_str`` against ``ground_truth`` with the scorer registered for ``data_source``."""
+def builtin_scorer(data_source: str):
+    """The built-in ``score(solution_str, ground_truth)`` for ``data_source``, or None if there is none."""
     if data_source == "openai/gsm8k":
         from sapo.rewards import gsm8k
 
-        return gsm8k.compute_score(solution_str, ground_truth)
+        return gsm8k.compute_score
     if data_source in MATH_DATA_SOURCES or data_source.startswith("aime"):
         from sapo.rewards import math
 
-        return math.compute_score(solution_str, ground_truth)
+        return math.compute_score
     from sapo.data.tasks import TASKS_BY_DATA_SOURCE
 
     task = TASKS_BY_DATA_SOURCE.get(data_source)
-    if task is not None:
-        return task.score(solution_str, ground_truth)
-    known = ["openai/gsm8k", *sorted(MATH_DATA_SOURCES), "aime*", *TASKS_BY_DATA_SOURCE]
-    raise RewardError(
-        f"no built-in scorer for data_source {data_source!r} (known: {', '.join(known)}): write a reward "
-        "function and pass it with custom_reward_function.path=FILE.py custom_reward_function.name=FUNCTION"
-    )
+    return None if task is None else task.score
+
+
+def known_data_sources() -> list[str]:
+    from sapo.data.tasks import TASKS_BY_DATA_SOURCE
+
+    return ["openai/gsm8k", *sorted(MATH_DATA_SOURCES), "aime*", *TASKS_BY_DATA_SOURCE]
+
+
+FIX = (
+    "write a reward function and pass it with custom_reward_function.path=FILE.py "
+    "custom_reward_function.name=FUNCTION"
+)
+
+
+def default_compute_score(data_source: str, solution_str: str, ground_truth, extra_info=None) -> float:
+    """Score ``solution_str`` against ``ground_truth`` with the scorer registered for ``data_source``."""
+    score = builtin_scorer(data_source)
+    if score is None:
+        raise RewardError(
+            f"no built-in scorer for data_source {data_source!r} (known: {', '.join(known_data_sources())}): "
+            + FIX
+        )
+    return score(solution_str, ground_truth)

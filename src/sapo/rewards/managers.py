@@ -8,10 +8,11 @@
   (verl's DAPORewardManager semantics; it also logs ``acc``, ``overlong_reward`` and ``overlong``).
   ``overlong_buffer_len=0`` turns the penalty off (verl's ``overlong_buffer.enable=false``).
 
-Failures (see :mod:`sapo.rewards.execution`): with ``on_error="raise"`` (default) the first failing sample
-raises :class:`RewardError` naming it; with ``on_error="zero"`` it scores 0, is logged, and is counted in
-:class:`RewardResult` whose :meth:`RewardResult.metrics` gives ``reward/failures`` and ``reward/timeouts``
-(counts for the batch).
+Failures (see :mod:`sapo.rewards.execution`): with ``on_error="raise"`` (default) a batch with a failing
+sample raises :class:`RewardError` naming the first and the count; with ``on_error="zero"`` each scores 0,
+is logged, and is counted in :class:`RewardResult` whose :meth:`RewardResult.metrics` gives
+``reward/failures`` and ``reward/timeouts`` (counts for the batch). Either way, more than
+``max_error_fraction`` (default 0.5) of a batch failing is an error: the function is broken for the data.
 """
 
 from __future__ import annotations
@@ -79,9 +80,13 @@ class NaiveRewardManager:
         on_error: str = "raise",
         timeout_s: float | None = None,
         num_workers: int = 1,
+        max_error_fraction: float = 0.5,
     ):
         if on_error not in ("raise", "zero"):
             raise RewardError(f"on_error must be 'raise' or 'zero' (got {on_error!r})")
+        if not 0 <= max_error_fraction <= 1:
+            raise RewardError(f"max_error_fraction must be in [0, 1] (got {max_error_fraction})")
+        self.max_error_fraction = max_error_fraction
         if timeout_s is not None and timeout_s <= 0:
             raise RewardError(f"the reward timeout must be > 0 seconds or unset (got {timeout_s})")
         self.compute_score = compute_score or default_compute_score
@@ -95,12 +100,18 @@ class NaiveRewardManager:
         result = RewardResult(scores=[], failed=[])
         extra_rows = []
         for position, (sample, outcome) in enumerate(zip(samples, outcomes)):
-            if outcome.error is not None:
-                self._handle_failure(sample, position, outcome, result)
-            else:
-                result.failed.append(False)
-            result.scores.append(outcome.score if outcome.error is None else 0.0)
+            failed = outcome.error is not None
+            result.failed.append(failed)
+            if failed:
+                message = (
+                    f"reward function {self.compute_score!r} {outcome.error} on {describe(sample, position)}"
+                )
+                result.failure_messages.append(message)
+                result.num_timeouts += outcome.timed_out
+            result.scores.append(0.0 if failed else outcome.score)
             extra_rows.append(self.extra_for(sample, outcome))
+        if result.num_failures:
+            self._handle_failures(result)
         keys = list(dict.fromkeys(k for row in extra_rows for k in row))
         result.extra_info = {k: [row.get(k) for row in extra_rows] for k in keys}
         self.adjust(samples, result)
@@ -130,17 +141,28 @@ class NaiveRewardManager:
             )
         return self._pool.run(calls)
 
-    def _handle_failure(self, sample, position: int, outcome: Outcome, result: RewardResult) -> None:
-        message = f"reward function {self.compute_score!r} {outcome.error} on {describe(sample, position)}"
+    def _handle_failures(self, result: RewardResult) -> None:
+        """``on_error="raise"``: a RewardError naming the first failure and the count. ``"zero"``: the
+        failures keep their 0 and are logged, unless more than ``max_error_fraction`` of the batch failed,
+        which means a broken function rather than a few hard samples, and is an error too."""
+        failures, total = result.num_failures, len(result.scores)
+        count = f"{failures} of {total} samples failed (first: {result.failure_messages[0]})"
+        too_many = failures > self.max_error_fraction * total
+        if too_many:
+            raise RewardError(
+                f"{count}; more than reward_model.max_error_fraction={self.max_error_fraction:g} of the "
+                "batch, so the function is broken for this data rather than a few hard samples (scoring them "
+                "0 would train on zeros): fix the reward function, or check that data_source and ground "
+                "truth are what it expects"
+            )
         if self.on_error == "raise":
             raise RewardError(
-                f"{message}: fix the reward function, or choose on_error='zero' to score such samples 0 "
-                "and count them in reward/failures"
+                f"{count}: fix the reward function, or choose reward_model.on_error='zero' to score such "
+                "samples 0 and count them in reward/failures (the run still stops when more than "
+                f"reward_model.max_error_fraction={self.max_error_fraction:g} of a batch fail)"
             )
-        log.warning("%s; scored 0", message)
-        result.failed.append(True)
-        result.num_timeouts += outcome.timed_out
-        result.failure_messages.append(message)
+        for message in result.failure_messages:
+            log.warning("%s; scored 0", message)
 
     def close(self) -> None:
         """Stop the worker processes (only started when a timeout is set)."""

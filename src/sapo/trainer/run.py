@@ -42,6 +42,7 @@ from sapo.trainer.setup import (
     build_models,
     build_optimizer_and_scheduler,
     build_reward,
+    check_scorers,
     data_files,
     resolve_device,
     run_dir_of,
@@ -159,6 +160,7 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
     )
     train_set = build_dataset(train_files, models.tokenizer, config, data.train_max_samples)
     val_set = build_dataset(val_files, models.tokenizer, config, data.val_max_samples) if val_files else None
+    check_scorers(config, {"data.train_files": train_set, "data.val_files": val_set})
     schedule = training_schedule(config, len(train_set))
     total_steps = schedule["total_training_steps"]
     seed_everything(trainer.seed)  # the same random streams whether or not a warm start just ran

@@ -24,11 +24,13 @@ from sapo.data.dataset import RLDataset
 from sapo.data.rows import load_rows
 from sapo.distributed.fsdp import shard_model
 from sapo.distributed.world import World
-from sapo.errors import ConfigError, DataError
+from sapo.errors import ConfigError, DataError, RewardError
 from sapo.models.dtypes import resolve_dtype
 from sapo.models.loading import load_model_and_tokenizer
 from sapo.optim import build_adamw, build_scheduler, warmup_steps
+from sapo.rewards import dispatch
 from sapo.rewards.custom import load_custom_reward_function
+from sapo.rewards.dispatch import builtin_scorer, known_data_sources
 from sapo.rewards.managers import build_reward_manager
 from sapo.run_dir import DATA_DIR, TRAIN_FILE, VAL_FILE
 from sapo.trainer import settings
@@ -161,12 +163,32 @@ def build_dataset(files: list[str], tokenizer, config: Config, max_samples: int)
     )
 
 
+def check_scorers(config: Config, datasets: dict) -> None:
+    """Without a custom reward function every row's data source needs a built-in scorer: checked when the
+    data is loaded, not at the first step's scoring (``datasets``: config key -> dataset or None)."""
+    if config.custom_reward_function.path:
+        return
+    for key, dataset in datasets.items():
+        unknown = [s for s in dataset.data_sources() if builtin_scorer(s) is None] if dataset else []
+        if unknown:
+            names = ", ".join(repr(s) for s in unknown)
+            raise RewardError(
+                f"{key} has rows whose {config.data.reward_fn_key!r} is {names}, which no built-in scorer "
+                f"handles (known: {', '.join(known_data_sources())}), and no custom reward function is set: "
+                f"{dispatch.FIX}"
+            )
+
+
 def build_reward(config: Config):
     """The reward manager with the user's scoring function (or the built-in dispatch by data_source)."""
     custom = config.custom_reward_function
     compute_score = load_custom_reward_function(custom.path, custom.name) if custom.path else None
     reward = config.reward_model
-    kwargs = {"on_error": reward.on_error, "timeout_s": reward.timeout_s}
+    kwargs = {
+        "on_error": reward.on_error,
+        "timeout_s": reward.timeout_s if custom.path else None,  # built-in scorers are bounded
+        "max_error_fraction": reward.max_error_fraction,
+    }
     if reward.reward_manager == "dapo":
         buffer = reward.overlong_buffer
         kwargs.update(  # enable=false: no penalty, whatever len says (verl's DAPO manager)
