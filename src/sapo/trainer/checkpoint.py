@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import pickle
 import random
 import shutil
 import time
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from sapo.errors import ConfigError
+from sapo.errors import ConfigError, UserError
 from sapo.run_dir import (  # noqa: F401  (checkpoint_step and list_checkpoints: this module's API too)
     META_FILE,
     STEP_PREFIX,
@@ -272,13 +273,27 @@ def find_resume_checkpoint(
     return latest_checkpoint(run_dir)
 
 
+class CheckpointUnreadable(UserError):
+    """A file of a complete-looking checkpoint cannot be read: truncated or corrupted after it was saved
+    (a half-copied directory, a full disk, a bad block). ``resume_mode=auto`` falls back past it."""
+
+
+# what torch.load / json raise on a truncated or corrupted file (a zip reader error is a RuntimeError)
+UNREADABLE = (RuntimeError, EOFError, pickle.UnpicklingError, OSError, ValueError)
+
+
 def read_state(path: str | Path, name: str, map_location: str | torch.device = "cpu") -> Any:
     """One saved state (``model``, ``optimizer``, ``extra_state``, a component name, ...) of a checkpoint,
     e.g. a full model state dict to hand to FSDP's ``set_model_state_dict``."""
     file = Path(path) / f"{name}.pt"
     if not file.is_file():
         raise ConfigError(f"checkpoint {path} has no {name}.pt; it was saved without {name}")
-    return torch.load(file, map_location=map_location, weights_only=True)
+    try:
+        return torch.load(file, map_location=map_location, weights_only=True)
+    except UNREADABLE as err:
+        raise CheckpointUnreadable(
+            f"{file} cannot be read ({type(err).__name__}: {str(err)[:200]}): it is truncated or corrupted"
+        ) from err
 
 
 def load_checkpoint(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import random
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -273,15 +274,58 @@ def _attach_critic(run: TrainingRun, models, total_steps: int) -> None:
 
 
 def _resume(run: TrainingRun) -> Path | None:
+    """Load the checkpoint ``trainer.resume_mode`` names. With ``auto``, a checkpoint that cannot be read
+    (truncated or corrupted since it was saved) is moved aside as ``global_step_N.unreadable`` (kept, not
+    deleted), and the one before it is tried, saying which was skipped and why."""
     trainer = run.config.trainer
-    if trainer.resume_mode == "auto":  # a save cut short between its renames left the step as .old_*
-        run.world.on_main(lambda: ckpt.remove_stale_temp_dirs(run.run_dir))
-    path = ckpt.find_resume_checkpoint(run.run_dir, trainer.resume_mode, trainer.resume_from_path)
-    if path is None:
-        return None
+    if trainer.resume_mode != "auto":
+        path = ckpt.find_resume_checkpoint(run.run_dir, trainer.resume_mode, trainer.resume_from_path)
+        if path is not None:
+            _load_checkpoint(run, path)
+        return path
+    run.world.on_main(lambda: ckpt.remove_stale_temp_dirs(run.run_dir))  # a save cut short between renames
+    skipped = []
+    while (path := ckpt.latest_checkpoint(run.run_dir)) is not None:
+        errors = [e for e in run.world.gather_objects(_try_load(run, path)) if e]  # every rank agrees
+        if not errors:
+            _announce_skipped(run, skipped, path)
+            return path
+        skipped.append(f"{path.name} ({errors[0]})")
+        run.world.on_main(lambda p=path: p.rename(p.with_name(p.name + UNREADABLE_SUFFIX)))
+        run.world.barrier()
+    if skipped:
+        raise UserError(
+            f"no checkpoint in {run.run_dir} can be read: {'; '.join(skipped)}. They were moved aside "
+            f"(*{UNREADABLE_SUFFIX}). Start afresh with trainer.resume_mode=disable or a new "
+            "trainer.default_local_dir"
+        )
+    return None
+
+
+UNREADABLE_SUFFIX = ".unreadable"
+
+
+def _try_load(run: TrainingRun, path: Path) -> str | None:
+    try:
+        _load_checkpoint(run, path)
+    except ckpt.CheckpointUnreadable as err:
+        return str(err)
+    return None
+
+
+def _load_checkpoint(run: TrainingRun, path: Path) -> None:
     run.load_extra_state(run_checkpoint.load(run, path))
     run.engine.update_weights(full_weights(run.policy))
-    return path
+
+
+def _announce_skipped(run: TrainingRun, skipped: list[str], path: Path) -> None:
+    if skipped and run.world.is_main:
+        print(
+            f"sapo train: warning: skipped unreadable checkpoint(s) {'; '.join(skipped)}, moved aside as "
+            f"*{UNREADABLE_SUFFIX}; resuming from {path.name}",
+            file=sys.stderr,
+            flush=True,
+        )
 
 
 def _record_start(run: TrainingRun, resumed_from: Path | None, quiet: bool) -> None:

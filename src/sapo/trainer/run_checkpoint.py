@@ -151,7 +151,10 @@ def _fsync_tree(root: Path) -> None:
 def load(run, path: Path) -> dict:
     """Load checkpoint ``path`` (either format) into the run's models, optimizers and schedulers, in
     this world size; returns ``extra_state``."""
-    meta = json.loads((Path(path) / META_FILE).read_text())
+    try:
+        meta = json.loads((Path(path) / META_FILE).read_text())
+    except ckpt.UNREADABLE as err:
+        raise ckpt.CheckpointUnreadable(f"{Path(path) / META_FILE} cannot be read ({err})") from err
     if meta.get("format") != FORMAT_SHARDED:
         if run.world.size == 1:
             return ckpt.load_checkpoint(
@@ -165,7 +168,12 @@ def _load_sharded(run, path: Path, meta: dict) -> dict:
     import torch.distributed.checkpoint as dcp
 
     tensors, _ = _tensor_state(run, with_state=meta["optimizer_state"])
-    dcp.load(tensors, checkpoint_id=str(path / SHARDS_DIR))
+    try:
+        dcp.load(tensors, checkpoint_id=str(path / SHARDS_DIR))
+    except ckpt.UNREADABLE as err:  # a truncated shard file; DCP raises a (wrapped) RuntimeError
+        raise ckpt.CheckpointUnreadable(
+            f"{path / SHARDS_DIR} cannot be read ({type(err).__name__}: {str(err)[:200]})"
+        ) from err
     for prefix, (model, optimizer, scheduler) in _trained(run).items():
         model.load_state_dict(tensors[f"{prefix}model"])
         _read_optimizer(model, optimizer, tensors[f"{prefix}optimizer"])
