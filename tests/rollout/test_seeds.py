@@ -197,6 +197,7 @@ def test_vllm_engine_sends_one_seeded_request_per_prompt():
     engine.model = types.SimpleNamespace(config=types.SimpleNamespace(vocab_size=100))
     engine.pad_token_id, engine.context_length = 0, 64
     engine.asleep = engine.sleep_mode = False
+    engine.tp_group = None  # one engine per process
     sampling = SamplingParams(n=2, max_new_tokens=4, top_k=5)
     batch = engine.generate(PROMPTS[:3], sampling, seeds=[11, 12, 13])
     assert [p["seed"] for p in engine.llm.params] == [11, 12, 13]

@@ -38,6 +38,9 @@ def run(args: argparse.Namespace) -> int:
     world_size = configured_world_size(config) if args.world_size is None else args.world_size
     check_world_size(config, world_size)
     validate(config, world_size=world_size)
+    from sapo.trainer.preflight import preflight  # imports torch: only once the config itself is valid
+
+    preflight(config)  # what sapo train would refuse on this machine, before any compute
     print(format_startup_report(config, derived_quantities(config, world_size=world_size)), end="")
     if args.dump:
         print(f"resolved config written to {dump_config(config, args.dump)}")

@@ -136,11 +136,18 @@ def check_prompts(prompts, vocab_size: int, max_new_tokens: int, context_length:
                 f"[0, {vocab_size}): tokenize prompts with the model's own tokenizer"
             )
         if context_length is not None and len(prompt) + max_new_tokens > context_length:
+            fixes = []
+            if context_length - max_new_tokens >= 1:
+                fixes.append(
+                    f"shorten prompts (data.max_prompt_length <= {context_length - max_new_tokens}, "
+                    "data.filter_overlong_prompts)"
+                )
+            if context_length - len(prompt) >= 1:
+                fixes.append(f"lower the response length to <= {context_length - len(prompt)}")
             raise UserError(
                 f"prompt {i} has {len(prompt)} tokens, and with max_new_tokens={max_new_tokens} that exceeds "
-                f"the model's context of {context_length} tokens: shorten prompts "
-                f"(data.max_prompt_length <= {context_length - max_new_tokens}, data.filter_overlong_prompts)"
-                " or lower the response length"
+                f"the model's context of {context_length} tokens: "
+                + (" or ".join(fixes) or "use shorter prompts and responses")
             )
 
 

@@ -38,6 +38,7 @@ from sapo.trainer.actor import ActorUpdateSettings
 from sapo.trainer.critic import CriticUpdateSettings
 from sapo.trainer.logging import MetricsLogger, SilentLogger
 from sapo.trainer.nonfinite import NonFiniteStreak
+from sapo.trainer.preflight import check_context, engine_context, preflight
 from sapo.trainer.setup import (
     build_dataset,
     build_models,
@@ -130,6 +131,7 @@ def _check_and_seed(config: Config) -> tuple[World, torch.device]:
     world_size = launched_world_size()
     check_world_size(config, world_size)
     validate(config, world_size=world_size)
+    preflight(config)  # what sapo config checks too: the engine, the device, the model's files and context
     device = resolve_device(config.trainer.device)
     arr = config.actor_rollout_ref
     world = init_world(device, arr.nccl_timeout, fsdp_size=arr.actor.fsdp_config.fsdp_size)
@@ -161,7 +163,9 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
     )
     train_set = build_dataset(train_files, models.tokenizer, config, data.train_max_samples)
     val_set = build_dataset(val_files, models.tokenizer, config, data.val_max_samples) if val_files else None
-    check_scorers(config, {"data.train_files": train_set, "data.val_files": val_set})
+    datasets = {"data.train_files": train_set, "data.val_files": val_set}
+    check_scorers(config, datasets)
+    check_context(config, engine_context(config, models.rollout_model), datasets)
     schedule = training_schedule(config, len(train_set))
     total_steps = schedule["total_training_steps"]
     seed_everything(trainer.seed)  # the same random streams whether or not a warm start just ran
