@@ -5,6 +5,7 @@ a finished run (a report, a notebook) agree on the layout without importing the 
 
     <run_dir>/
       config.yaml                        the resolved config (loads back with `sapo train --config`)
+      run_identity.json                  the keys that make the run this run (sapo.trainer.run_identity)
       derived.json                       derived quantities printed at start-up
       startup.txt                        the start-up report as printed
       metrics.jsonl                      one {"step": N, "<metric>": value, ...} object per logged step
@@ -21,10 +22,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import re
+import shutil
 from pathlib import Path
 from typing import Any
 
 CONFIG_FILE = "config.yaml"
+IDENTITY_FILE = "run_identity.json"
 DERIVED_FILE = "derived.json"
 STARTUP_FILE = "startup.txt"
 METRICS_FILE = "metrics.jsonl"
@@ -101,3 +106,26 @@ def read_config(run_dir: str | Path) -> dict[str, Any]:
 def read_derived(run_dir: str | Path) -> dict[str, Any]:
     """The derived quantities a run printed at start-up (sequences per step, effective aggregation, ...)."""
     return json.loads((Path(run_dir) / DERIVED_FILE).read_text())
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_orphans(directory: str | Path, prefix: str) -> list[Path]:
+    """Delete the temporary directories ``<prefix>...<pid>...`` under ``directory`` whose writing process
+    is gone (a kill during an export or a warm start); a live writer's are left alone. The writer's pid is
+    the first run of digits after ``prefix``. Returns what was deleted."""
+    removed = []
+    for path in Path(directory).glob(f"{prefix}*"):
+        match = re.match(r"\D*(\d+)", path.name[len(prefix) :])
+        if path.is_dir() and match and int(match.group(1)) != os.getpid() and not _alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed

@@ -1,5 +1,6 @@
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -157,6 +158,24 @@ def test_a_hanging_reward_is_killed_after_the_timeout(flaky):
         with pytest.raises(RewardError, match="did not return within the 1 s timeout on sample 0, uid 'u0'"):
             raising(samples("hang"))
         raising.close()
+    finally:
+        manager.close()
+
+
+def test_workers_leave_sigterm_to_the_trainer_and_exit_when_it_is_gone(flaky):
+    """SLURM's SIGTERM and Ctrl-C's SIGINT reach the whole process group: the worker must keep scoring the
+    step the trainer is finishing; and a trainer killed outright must not leave workers behind."""
+    manager = NaiveRewardManager(flaky, timeout_s=30.0)
+    try:
+        assert manager(samples("7")).scores == [1.0]
+        worker = manager._pool._workers[0]
+        os.kill(worker.process.pid, signal.SIGTERM)
+        os.kill(worker.process.pid, signal.SIGINT)
+        assert manager(samples("7", "8")).scores == [1.0, 0.0]  # the same worker, still scoring
+        assert worker.process.is_alive()
+        worker.conn.close()  # what the trainer's death does to the pipe
+        worker.process.join(timeout=10)
+        assert worker.process.exitcode == 0
     finally:
         manager.close()
 

@@ -148,7 +148,9 @@ def killing_job(tmp_path, setup):
     run_dir, marker = tmp_path / "run", tmp_path / "killed"
     reward = tmp_path / "kills.py"
     reward.write_text(KILLS_RANK_1_ONCE.format(run_dir=str(run_dir), marker=str(marker)))
-    return run_dir, marker, [setup(run_dir, reward) + FOUR_STEPS + ["trainer.resume_mode=auto"]]
+    # the reward kills the process it runs in: the trainer's (in-process, without a reward timeout)
+    job = setup(run_dir, reward) + FOUR_STEPS + ["trainer.resume_mode=auto", "reward_model.timeout_s=null"]
+    return run_dir, marker, [job]
 
 
 def test_a_killed_rank_stops_the_job_and_keeps_the_last_checkpoint(tmp_path, setup):

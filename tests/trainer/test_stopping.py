@@ -36,7 +36,13 @@ def compute_score(data_source, solution_str, ground_truth, extra_info=None):
     return (len(solution_str) % 3) / 2.0
 """
 
-FOUR_STEPS = ["trainer.total_training_steps=4", "trainer.save_every_minutes=null"]
+# The reward signals the process it runs in: the trainer's, so in-process (no reward timeout: a timed
+# reward runs in a worker process, which ignores SIGTERM and leaves it to the trainer; see test_managers).
+FOUR_STEPS = [
+    "trainer.total_training_steps=4",
+    "trainer.save_every_minutes=null",
+    "reward_model.timeout_s=null",
+]
 
 
 @pytest.fixture

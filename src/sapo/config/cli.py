@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 
 from sapo.config.loader import load_config
+from sapo.config.preflight import preflight
 from sapo.config.render import dump_config, format_startup_report
 from sapo.config.validate import derived_quantities, validate
 from sapo.config.world_checks import check_world_size, configured_world_size
@@ -38,8 +39,6 @@ def run(args: argparse.Namespace) -> int:
     world_size = configured_world_size(config) if args.world_size is None else args.world_size
     check_world_size(config, world_size)
     validate(config, world_size=world_size)
-    from sapo.trainer.preflight import preflight  # imports torch: only once the config itself is valid
-
     preflight(config)  # what sapo train would refuse on this machine, before any compute
     print(format_startup_report(config, derived_quantities(config, world_size=world_size)), end="")
     if args.dump:

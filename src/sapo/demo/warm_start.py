@@ -27,8 +27,10 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import random
 import shutil
+import socket
 import tempfile
 import time
 from collections.abc import Callable
@@ -40,6 +42,7 @@ from sapo.data.tasks import Task, generate_splits, get_task
 from sapo.errors import DataError
 from sapo.models.tiny import TinyModelSpec, build_tiny_model
 from sapo.optim import AdamW
+from sapo.run_dir import remove_orphans
 
 log = logging.getLogger(__name__)
 INFO_FILE = "warm_start.json"
@@ -128,11 +131,16 @@ def warm_start(
     return out_dir
 
 
+# a warm start trains in <cache>/.tmp_<host>_<pid>_<task>_*: another host sharing the cache has its own pids
+TEMP_PREFIX = f".tmp_{socket.gethostname()}_"
+
+
 def _train_into(out_dir: Path, task: Task, params: dict, num_threads: int | None) -> None:
     """Train in a temporary directory next to ``out_dir``, then rename it to ``out_dir``."""
     cache_dir = out_dir.parent
     cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{task.name}-", dir=cache_dir))
+    remove_orphans(cache_dir, TEMP_PREFIX)  # what a killed warm start on this host left
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f"{TEMP_PREFIX}{os.getpid()}_{task.name}_", dir=cache_dir))
     previous_threads = torch.get_num_threads()
     try:
         if num_threads is not None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import math
 import multiprocessing
+import signal
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import wait
@@ -70,9 +71,16 @@ def call_in_process(function, kwargs: dict) -> Outcome:
 def _worker_main(function, conn) -> None:
     """Loop of a worker process: say ready, then receive ``(i, kwargs)`` and send
     ``(i, ok, result_or_error_text)`` until told to stop."""
+    # A SIGTERM / Ctrl-C reaches the whole process group: the trainer handles it (it finishes the step,
+    # whose rewards the worker is computing) and stops the worker itself.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     conn.send("ready")
     while True:
-        message = conn.recv()
+        try:
+            message = conn.recv()
+        except EOFError:  # the trainer is gone (killed): nothing more to score
+            return
         if message is None:
             return
         i, kwargs = message

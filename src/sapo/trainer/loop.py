@@ -43,7 +43,7 @@ from sapo.core.rollout_correction import offpolicy_metrics
 from sapo.distributed.fsdp import full_weights
 from sapo.errors import TrainingInterrupted
 from sapo.rollout.seeds import TRAIN_STREAM, rollout_seeds
-from sapo.run_dir import HF_MODEL_DIR
+from sapo.run_dir import HF_MODEL_DIR, read_metrics
 from sapo.trainer import run_checkpoint
 from sapo.trainer.actor import update_actor
 from sapo.trainer.correction import (
@@ -87,6 +87,8 @@ def train(config: Config) -> RunSummary:
             first_validation = validate(run)
             run.logger.log(first_validation, step=run.global_step)
             return RunSummary(run.run_dir, run.global_step, first_validation, first_validation, None)
+        if run.global_step >= run.total_steps:  # resumed at its last step: nothing to train
+            return _finished(run)
         if run.global_step == 0 and trainer.val_before_train and run.val_set is not None:
             first_validation = validate(run)
             run.logger.log(first_validation, step=0)
@@ -95,6 +97,22 @@ def train(config: Config) -> RunSummary:
         return RunSummary(run.run_dir, run.global_step, metrics, first_validation, export_dir)
     finally:
         run.close()
+
+
+def _finished(run: TrainingRun) -> RunSummary:
+    """A re-run of a run that reached its last step: say so and give its result; nothing is rewritten."""
+    records = read_metrics(run.run_dir)
+    first = records[0] if records and records[0].get("step") == 0 else None
+    last = records[-1] if records else {}
+    if run.world.is_main:
+        print(
+            f"sapo train: this run is already finished (step {run.global_step} of {run.total_steps}) in "
+            f"{run.run_dir}; nothing was trained. To train it further raise trainer.total_training_steps "
+            "(or trainer.total_epochs); for a new run use another trainer.experiment_name",
+            flush=True,
+        )
+    export_dir = run.run_dir / HF_MODEL_DIR
+    return RunSummary(run.run_dir, run.global_step, last, first, export_dir if export_dir.is_dir() else None)
 
 
 def _train_steps(run: TrainingRun) -> dict[str, float]:

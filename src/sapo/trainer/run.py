@@ -20,6 +20,7 @@ import torch
 
 from sapo.config import Config, derived_quantities, resolve_config, validate
 from sapo.config.components import engine_settings, estimator_numbers
+from sapo.config.preflight import check_context, engine_context, preflight
 from sapo.config.render import record_startup
 from sapo.config.validate import training_schedule
 from sapo.config.world_checks import check_world_size
@@ -32,13 +33,14 @@ from sapo.errors import UserError
 from sapo.optim import AdamW
 from sapo.rollout import make_rollout_engine
 from sapo.rollout.base import SamplingParams
+from sapo.run_dir import HF_MODEL_DIR, remove_orphans
 from sapo.trainer import checkpoint as ckpt
 from sapo.trainer import run_checkpoint, settings
 from sapo.trainer.actor import ActorUpdateSettings
 from sapo.trainer.critic import CriticUpdateSettings
 from sapo.trainer.logging import MetricsLogger, SilentLogger
 from sapo.trainer.nonfinite import NonFiniteStreak
-from sapo.trainer.preflight import check_context, engine_context, preflight
+from sapo.trainer.run_identity import check_run_identity, record_run_identity
 from sapo.trainer.setup import (
     build_dataset,
     build_models,
@@ -148,7 +150,9 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
     trainer, data = config.trainer, config.data
     actor_cfg, rollout_cfg = config.actor_rollout_ref.actor, config.actor_rollout_ref.rollout
     run_dir = run_dir_of(config)
+    check_run_identity(config, run_dir)  # another run's checkpoints there: refuse before writing anything
     _make_run_dir(run_dir)
+    world.on_main(lambda: _prepare_run_dir(config, run_dir))
     if world.is_main and not quiet:  # before the warm start and model loading, which can take minutes
         print(f"run directory: {run_dir}", flush=True)
     use_kl_in_reward = config.algorithm.use_kl_in_reward
@@ -275,6 +279,12 @@ def _attach_critic(run: TrainingRun, models, total_steps: int) -> None:
         run.critic.parameters(), critic_cfg.optim, total_steps
     )
     run.critic_settings = settings.critic_settings(config)
+
+
+def _prepare_run_dir(config: Config, run_dir: Path) -> None:
+    """Rank 0, before the run writes anything else: its identity, and what a killed export left."""
+    record_run_identity(config, run_dir)
+    remove_orphans(run_dir, f".tmp_{HF_MODEL_DIR}.")
 
 
 def _resume(run: TrainingRun) -> Path | None:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import importlib.util
 from pathlib import Path
 
-from sapo.config import Config
+from sapo.config.schema import Config
 from sapo.errors import ConfigError, UserError
 
 
