@@ -40,6 +40,13 @@ def test_cuda_without_a_device_is_refused_by_both_commands(capsys, tmp_path):
     )
 
 
+def test_a_run_directory_that_is_a_file_is_refused_by_both_commands(capsys, tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    _refused_alike(
+        capsys, [f"trainer.default_local_dir={tmp_path / 'taken' / 'run'}"], "is a file): set trainer.default"
+    )
+
+
 def test_a_model_directory_without_weights_is_refused_by_both_commands(capsys, tmp_path):
     model = tmp_path / "model"
     model.mkdir()

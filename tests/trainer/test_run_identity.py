@@ -7,9 +7,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from sapo.cli import main
+from sapo.config import load_config
 from sapo.demo.warm_start import TEMP_PREFIX
+from sapo.errors import ConfigError
 from sapo.run_dir import remove_orphans
+from sapo.trainer.run_identity import check_run_identity, record_run_identity
 
 
 def _snapshot(run_dir):
@@ -81,3 +86,25 @@ def test_temporary_directories_of_dead_writers_are_removed(tmp_path, tiny_qwen3,
     removed = remove_orphans(cache, TEMP_PREFIX)
     assert [p.name for p in removed] == [f"{TEMP_PREFIX}{dead}_arithmetic_x1"]
     assert (cache / f"{TEMP_PREFIX}{os.getpid()}_arithmetic_x2").is_dir()
+
+
+def test_the_built_in_run_is_identified_by_its_task_model_and_seed(tmp_path):
+    def config(*extra):
+        return load_config(None, [f"trainer.default_local_dir={tmp_path}", *extra])
+
+    (tmp_path / "global_step_1").mkdir(parents=True)
+    (tmp_path / "global_step_1" / "meta.json").write_text("{}")  # a complete checkpoint to resume
+    record_run_identity(config(), tmp_path)
+    check_run_identity(config(), tmp_path)  # the same command
+    check_run_identity(
+        config("trainer.total_training_steps=5", "actor_rollout_ref.actor.optim.lr=1e-4"), tmp_path
+    )
+    for override, named in (
+        ("sapo.task.name=countdown", "sapo.task"),
+        ("sapo.tiny_model.hidden_size=64", "sapo.tiny_model"),
+        ("trainer.seed=2", "trainer.seed: 1 there, 2 now"),
+        ("actor_rollout_ref.actor.policy_loss.loss_mode=gspo", "loss_mode"),
+    ):
+        with pytest.raises(ConfigError, match=named):
+            check_run_identity(config(override), tmp_path)
+    check_run_identity(config("trainer.seed=2", "trainer.resume_mode=disable"), tmp_path)  # a fresh start

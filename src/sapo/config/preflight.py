@@ -6,6 +6,7 @@ the environment can tell, cheaply (no model is built, no weights are read):
 
 - the rollout engine can be built here (``rollout.name=vllm`` needs the vllm package);
 - ``trainer.device=cuda`` has a CUDA device;
+- the run directory (``trainer.default_local_dir``) is not a file and can be written;
 - the policy's directory holds a model (config.json, readable weights), for a local path;
 - ``data.max_response_length`` leaves room for a prompt in the model's context (its
   ``max_position_embeddings``, or ``rollout.max_model_len`` for vllm). The longest actual prompt is checked
@@ -15,6 +16,7 @@ the environment can tell, cheaply (no model is built, no weights are read):
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 from sapo.config.schema import Config
@@ -23,7 +25,7 @@ from sapo.errors import ConfigError, UserError
 
 def preflight(config: Config) -> None:
     """Raise one ConfigError listing every problem (see the module docstring)."""
-    problems = _engine_problems(config) + _device_problems(config)
+    problems = _engine_problems(config) + _device_problems(config) + _run_dir_problems(config)
     model_config, model_problems = _model_config(config)
     problems += model_problems
     context, source = model_context(config, model_config)
@@ -45,6 +47,19 @@ def _engine_problems(config: Config) -> list[str]:
             'pip install -e ".[vllm]" (docs/vllm.md has the CPU and GPU pins), or set '
             "actor_rollout_ref.rollout.name=hf"
         ]
+    return []
+
+
+def _run_dir_problems(config: Config) -> list[str]:
+    """The run directory can be created and written (checked without writing: ``sapo config`` writes
+    nothing; ``sapo train`` still probes with a real write when it creates it)."""
+    path = Path(config.trainer.default_local_dir).expanduser()
+    existing = next((p for p in (path, *path.parents) if p.exists()), None)
+    fix = "set trainer.default_local_dir to a writable directory (a path that is not a file)"
+    if existing is not None and not existing.is_dir():
+        return [f"cannot use {str(path)!r} as the run directory ({str(existing)!r} is a file): {fix}"]
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        return [f"cannot use {str(path)!r} as the run directory ({str(existing)!r} is not writable): {fix}"]
     return []
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 from sapo.config import Config
-from sapo.config.keys import value_at
 from sapo.errors import ConfigError
 from sapo.run_dir import IDENTITY_FILE, list_checkpoints
 
@@ -44,7 +43,15 @@ def run_identity(config: Config) -> dict[str, Any]:
         keys += BUILTIN_MODEL_KEYS
     if config.data.train_files is None:
         keys += BUILTIN_DATA_KEYS
-    return {key: _plain(key, value_at(config, key)) for key in keys}
+    return {key: _plain(key, _value(config, key)) for key in keys}
+
+
+def _value(config: Config, key: str) -> Any:
+    """The field or whole section (``sapo.task``) ``key`` names."""
+    value = config
+    for part in key.split("."):
+        value = getattr(value, part)
+    return value
 
 
 def _plain(key: str, value: Any) -> Any:
