@@ -250,3 +250,38 @@ def test_every_loss_runs_in_lower_precision(dtype, tolerance):
         assert grad.dtype == dtype, name
         assert low == pytest.approx(reference, abs=tolerance * max(1.0, abs(reference))), name
         assert all(math.isfinite(value) for value in metrics.values()), name
+
+
+GMPO_MODES = [
+    "token-mean",
+    "seq-mean-token-sum",
+    "seq-mean-token-mean",
+    "seq-mean-token-sum-norm",
+    "token-sum",
+]
+
+
+@pytest.mark.parametrize("mode", GMPO_MODES)
+def test_geo_mean_is_a_mean_over_sequences_of_different_lengths_in_every_mode(mode):
+    # seq 0: 3 valid tokens, A = +2, log r = [0.3, 0.6, -0.3] -> min(lr, clip(lr)) = [0.3, 0.4, -0.3],
+    #        mean 0.4 / 3, loss -2 e^(0.4/3) = -2.2853304
+    # seq 1: 1 valid token (2 padded), A = -1, log r = [-0.1] -> -0.1, loss e^-0.1 = 0.9048374
+    # verl: mean over the two sequences, whatever loss_agg_mode says (token-mean would weight seq 0 3:1)
+    old = torch.zeros(2, 3, dtype=D)
+    new = t([[0.3, 0.6, -0.3], [-0.1, 5.0, 5.0]])
+    adv = t([[2.0, 2.0, 2.0], [-1.0, -1.0, -1.0]])
+    mask = t([[1, 1, 1], [1, 0, 0]])
+    loss, _, _ = run("geo_mean", old, new, adv, mask, mode=mode)
+    assert loss == pytest.approx((-2.0 * math.exp(0.4 / 3) + math.exp(-0.1)) / 2, abs=1e-7)
+    # rollout IS weights enter as each sequence's geometric mean: seq 0 (0.5 * 2 * 1)^(1/3) = 1,
+    # seq 1: 0.25 (its padded weights do not count)
+    weights = t([[0.5, 2.0, 1.0], [0.25, 9.0, 9.0]])
+    new_ = new.clone().requires_grad_(True)
+    weighted, _ = get_policy_loss("geo_mean")(
+        old, new_, adv, mask, loss_agg_mode=mode, rollout_is_weights=weights
+    )
+    assert weighted.item() == pytest.approx(
+        (-2.0 * math.exp(0.4 / 3) * 1.0 + math.exp(-0.1) * 0.25) / 2, abs=1e-7
+    )
+    with pytest.raises(ConfigError, match="loss_agg_mode"):
+        run("geo_mean", old, new, adv, mask, mode="per-token")

@@ -17,9 +17,10 @@ Shared semantics (verl's ``core_algos.py`` unless noted):
    its combined log-ratio at +10 only, as verl does); clip_cov, kl_cov and geo_mean get the same [-20, 20]
    clamp here, which verl omits, so that no valid input can overflow;
 3. ``rollout_is_weights`` (detached) multiply the per-token loss before aggregation;
-4. the loss honours the ``loss_agg_mode`` it is given; the mode used when the user sets none is registered
-   with the loss (SAPO, GSPO and GMPO: ``seq-mean-token-mean``; others: ``token-mean``, verl's default) and
-   read through :func:`default_loss_agg_mode`;
+4. the loss honours the ``loss_agg_mode`` it is given, except GMPO (``geo_mean``), whose objective is a
+   mean over sequences by definition (verl ignores the mode for it too); the mode used when the user sets
+   none is registered with the loss (SAPO, GSPO and GMPO: ``seq-mean-token-mean``; others:
+   ``token-mean``, verl's default) and read through :func:`default_loss_agg_mode`;
 5. metrics are this call's statistics (see sapo.core.diagnostics for names and how to combine them).
 
 The registry and the shared steps are in :mod:`sapo.core.loss_registry`. A user adds a loss with
@@ -32,6 +33,7 @@ from __future__ import annotations
 import torch
 
 from sapo.core import cov_losses  # noqa: F401  (registers clip_cov and kl_cov)
+from sapo.core.aggregation import aggregate_loss, check_loss_agg_mode
 from sapo.core.diagnostics import fraction, ratio_metrics, sapo_gate_metrics
 from sapo.core.loss_registry import (  # noqa: F401  (the registry's names, importable from here as before)
     COMMON_KEYWORDS,
@@ -226,14 +228,22 @@ def geo_mean_policy_loss(
     clip_ratio=0.4, clip_ratio_low=None, clip_ratio_high=None,
     rollout_is_weights=None, global_num_tokens=None, global_num_seqs=None, loss_scale_factor=None,
 ):  # fmt: skip
-    """GMPO, Geometric-Mean Policy Optimization (Zhao et al., arXiv 2507.20673).
+    """GMPO, Geometric-Mean Policy Optimization (Zhao et al., arXiv 2507.20673), as verl computes it.
 
-    Per sequence: ``l_i = -Abar_i * exp(mean_t c_it)`` with ``Abar_i`` the token-mean advantage and
-    ``c_it = sign(A) * min(sign(A) log r, sign(A) clip(log r, -clip_ratio_low, clip_ratio_high))``: the clip
-    acts in log space (the paper's range is (e^-0.4, e^0.4), hence default 0.4). ``l_i`` is placed on each
-    valid token of sequence i and then aggregated, so ``seq-mean-token-mean`` gives verl's/the paper's
-    ``mean_i l_i``. Metrics: ``actor/pg_clipfrac`` (clipped tokens with A > 0), ``_lower`` (A < 0).
+    Per sequence ``i`` with valid tokens ``t = 1..L_i``::
+
+        c_it = sign(A) * min(sign(A) log r_it, sign(A) clip(log r_it, -clip_ratio_low, clip_ratio_high))
+        l_i  = -Abar_i * exp(mean_t c_it) * w_i,    w_i = exp(mean_t log w_it)
+
+    ``Abar_i`` is the token-mean advantage, the clip acts in log space (the paper's range is
+    ``(e^-0.4, e^0.4)``, hence the default 0.4), and the rollout IS weights enter as their per-sequence
+    geometric mean ``w_i`` (verl's ``compute_policy_loss_geo_mean``). The objective is a mean over
+    sequences, ``mean_i l_i`` (normalised by the mini-batch's valid sequences), whatever ``loss_agg_mode``
+    says: as in verl, the mode does not apply to this loss (it still applies to the entropy and KL
+    terms of the actor's loss). Metrics: ``actor/pg_clipfrac`` (clipped tokens with A > 0), ``_lower``
+    (A < 0).
     """
+    check_loss_agg_mode(loss_agg_mode)  # validated like every loss's, though GMPO's objective fixes it
     low, high = clip_range(clip_ratio, clip_ratio_low, clip_ratio_high)
     old, new, adv, mask, is_w = prepare_inputs(
         old_log_prob, log_prob, advantages, response_mask, rollout_is_weights
@@ -245,10 +255,15 @@ def geo_mean_policy_loss(
     seq_lengths = masked_count(mask, dim=-1).clamp(min=1).to(new.dtype)  # [B]
     seq_ratio = torch.exp(masked_sum(pessimistic, mask, dim=-1) / seq_lengths)  # [B]
     seq_adv = masked_sum(adv, mask, dim=-1) / seq_lengths  # [B]
-    loss_mat = (-seq_adv * seq_ratio).unsqueeze(-1).expand_as(new)  # [B, T]
-    loss = finish_loss(
-        loss_mat, mask, is_w, loss_agg_mode, global_num_tokens=global_num_tokens,
-        global_num_seqs=global_num_seqs, loss_scale_factor=loss_scale_factor,
+    seq_loss = -seq_adv * seq_ratio  # [B]
+    if is_w is not None:  # the geometric mean of the sequence's weights (floored at 1e-10 for log 0;
+        # verl adds 1e-10 instead, which shifts every weight; the floor leaves weights >= 1e-10 exact)
+        log_w = torch.log(is_w.clamp(min=1e-10))  # [B, T]
+        seq_loss = seq_loss * torch.exp(masked_sum(log_w, mask, dim=-1) / seq_lengths)
+    loss = aggregate_loss(
+        seq_loss.unsqueeze(-1).expand_as(new), mask, "seq-mean-token-mean",
+        global_num_tokens=global_num_tokens, global_num_seqs=global_num_seqs,
+        loss_scale_factor=loss_scale_factor,
     )  # fmt: skip
     metrics = ratio_metrics(log_ratio, mask)
     was_clipped = log_ratio != log_ratio_clipped  # [B, T]
