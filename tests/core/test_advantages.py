@@ -114,6 +114,41 @@ def test_reinforce_plus_plus_discounted_and_whitened():
     assert advantages[1, 2].item() == 0.0
 
 
+def _verl_reinforce_returns(rewards, mask, gamma):
+    """verl's loop (an independent reference for single-turn masks): the running return times the mask."""
+    returns, running = torch.zeros_like(rewards), torch.zeros_like(rewards[:, 0])
+    for t in reversed(range(rewards.shape[1])):
+        running = rewards[:, t] + gamma * running
+        returns[:, t] = running
+        running = running * mask[:, t]
+    return returns * mask
+
+
+def test_reinforce_plus_plus_carries_the_return_across_masked_tokens_inside_a_response():
+    # multi-turn: [turn 1][tool output, masked][turn 2], reward 1 on the last token, gamma 0.5.
+    # valid positions 0, 2, 3: G_3 = 1, G_2 = 0.5 G_3 = 0.5, G_0 = 0.5 G_2 = 0.25 (position 1 skipped, no
+    # discount); verl's reset at the masked token gives G_0 = 0: turn 1 never sees the reward
+    rewards = torch.tensor([[0.0, 0.0, 0.0, 1.0]], dtype=D)
+    mask = torch.tensor([[1, 0, 1, 1]])
+    _, returns = compute_advantages(
+        "reinforce_plus_plus", token_level_rewards=rewards, response_mask=mask, gamma=0.5
+    )
+    assert returns.tolist() == [[0.25, 0.0, 0.5, 1.0]]
+    assert _verl_reinforce_returns(rewards, mask, 0.5).tolist() == [[0.0, 0.0, 0.5, 1.0]]
+
+
+def test_reinforce_plus_plus_equals_verl_on_single_turn_responses():
+    gen = torch.Generator().manual_seed(0)
+    rewards = torch.randn(6, 9, generator=gen, dtype=D)
+    lengths = torch.tensor([9, 1, 4, 7, 2, 5])
+    mask = (torch.arange(9).unsqueeze(0) < lengths.unsqueeze(1)).long()  # valid tokens, then padding
+    rewards = rewards * mask  # the trainer puts no reward on padding
+    _, returns = compute_advantages(
+        "reinforce_plus_plus", token_level_rewards=rewards, response_mask=mask, gamma=0.9
+    )
+    torch.testing.assert_close(returns, _verl_reinforce_returns(rewards, mask, 0.9))
+
+
 def test_reinforce_plus_plus_baseline():
     # scores [1, 0 | 3]; group means 0.5 and (alone) 0 -> [0.5, -0.5, 3] on every token, then whitened
     rewards, mask = outcome_rewards([1, 0, 3], length=2)

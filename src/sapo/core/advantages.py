@@ -164,14 +164,22 @@ def rloo_advantages(*, token_level_rewards, response_mask, index):
 
 @register_advantage_estimator("reinforce_plus_plus")
 def reinforce_plus_plus_advantages(*, token_level_rewards, response_mask, gamma=1.0):
-    """REINFORCE++ (Hu, arXiv 2501.03262): discounted return-to-go ``G_t = r_t + gamma G_{t+1}`` (reset
-    after the last valid token), whitened over all valid tokens of the batch. Returns ``G``."""
+    """REINFORCE++ (Hu, arXiv 2501.03262): the discounted return-to-go over the response's valid tokens,
+    ``G_t = r_t + gamma G_next(t)`` with ``next(t)`` the next valid position, whitened over all valid tokens
+    of the batch. Returns ``G`` (0 at masked positions).
+
+    Masked positions inside a response (a multi-turn rollout's tool output) are skipped: the return is
+    carried across them undiscounted, so an earlier turn's tokens are credited with the final reward, as
+    GAE does here. verl's loop multiplies the running return by the mask at every position instead, which
+    resets it at the first masked token it meets going backwards: identical for a single-turn response
+    (valid tokens, then padding), but in multi-turn every turn before a masked span gets only the rewards
+    of its own turn. docs/algorithms.md has a worked example."""
+    valid = response_mask.bool()  # [B, T]
     returns = torch.zeros_like(token_level_rewards)  # [B, T]
     running = torch.zeros_like(token_level_rewards[:, 0])  # [B]
     for t in reversed(range(token_level_rewards.shape[1])):
-        running = token_level_rewards[:, t] + gamma * running
-        returns[:, t] = running
-        running = running * response_mask[:, t]
+        running = torch.where(valid[:, t], token_level_rewards[:, t] + gamma * running, running)
+        returns[:, t] = torch.where(valid[:, t], running, torch.zeros_like(running))
     return masked_whiten(returns, response_mask), returns
 
 
