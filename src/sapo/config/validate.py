@@ -249,18 +249,7 @@ def _range_problems(config: Config) -> list[str]:
             ">= 0",
         ),
     ]
-    if arr.rollout.val_kwargs.do_sample:
-        checks.append(
-            (
-                "actor_rollout_ref.rollout.val_kwargs.temperature",
-                arr.rollout.val_kwargs.temperature > 0,
-                "> 0 when val_kwargs.do_sample=true",
-            )
-        )
-    if arr.rollout.do_sample:
-        checks.append(
-            ("actor_rollout_ref.rollout.temperature", arr.rollout.temperature > 0, "> 0 when do_sample=true")
-        )
+    checks += _sampling_checks(config)
     checks += _optim_checks(config)
     out += [f"{key} must be {rule}" for key, ok, rule in checks if not ok]
     val = arr.rollout.val_kwargs
@@ -271,6 +260,26 @@ def _range_problems(config: Config) -> list[str]:
         )
     out += _token_budget_problems(config)
     return out
+
+
+def _sampling_checks(config: Config) -> list[tuple[str, bool, str]]:
+    """The rules :class:`sapo.rollout.base.SamplingParams` enforces, checked here against the config keys
+    so a bad value is reported by ``sapo config`` and before any model loads (a greedy section's temperature
+    must still be a finite number >= 0: the engine checks it whatever do_sample says)."""
+    rollout = config.actor_rollout_ref.rollout
+    checks = []
+    for prefix, section, flag in (
+        ("actor_rollout_ref.rollout", rollout, "do_sample"),
+        ("actor_rollout_ref.rollout.val_kwargs", rollout.val_kwargs, "val_kwargs.do_sample"),
+    ):
+        temperature = section.temperature
+        checks += [
+            (f"{prefix}.temperature", math.isfinite(temperature) and temperature >= 0, "a finite number >= 0"),
+            (f"{prefix}.top_k", section.top_k >= -1, ">= 1, or -1 / 0 for off"),
+        ]
+        if section.do_sample:
+            checks.append((f"{prefix}.temperature", temperature > 0, f"> 0 when {flag}=true"))
+    return checks
 
 
 def _optim_checks(config: Config) -> list[tuple[str, bool, str]]:

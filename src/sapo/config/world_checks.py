@@ -62,6 +62,9 @@ def per_process_problems(prefix: str, mini: int, n: int, micro: int | None, worl
     return []
 
 
+HINT_WINDOW = 10_000  # divisors_hint searches near +- this many numbers
+
+
 # sapo.models.dtypes' names (config does not import models); matched lower-case, as resolve_dtype does.
 FSDP_DTYPES = ("bf16", "bfloat16", "fp16", "float16", "fp32", "float32")
 MIXED_PRECISION_KEYS = ("param_dtype", "reduce_dtype", "buffer_dtype")
@@ -130,8 +133,12 @@ def uses_reference(config: Config) -> bool:
 
 
 def divisors_hint(total: int, near: int) -> str:
-    divisors = [d for d in range(1, total + 1) if total % d == 0]
-    divisors.sort(key=lambda d: (abs(d - near), d))
+    """The two divisors of ``total`` closest to ``near``. Only a window around ``near`` is searched (plus 1
+    and ``total``), so a huge size (``data.train_batch_size=10**30``) gets its error at once instead of a
+    loop over every number up to it."""
+    window = range(max(1, near - HINT_WINDOW), min(total, near + HINT_WINDOW) + 1)
+    divisors = {d for d in window if total % d == 0} | {1, total}
+    divisors = sorted(divisors, key=lambda d: (abs(d - near), d))
     return " or ".join(str(d) for d in sorted(divisors[:2]))
 
 
