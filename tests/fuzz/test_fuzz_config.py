@@ -28,10 +28,41 @@ NUMBERS = st.one_of(
 ).map(str)
 SPECIAL = st.sampled_from(
     [
-        "", " ", "null", "None", "~", "true", "false", "nan", ".nan", "inf", "-inf", ".inf", "1e400", "1e-6",
-        "[]", "[1, 2]", "[a, b]", "[0.9]", "{}", "{a: 1}", "[unclosed", "'quoted'", "${", "${nope}",
-        "${oc.env:SAPO_FUZZ_UNSET}", "${oc.select:nope,3}", "${data.train_batch_size}", "sapoo", "AdamW",
-        "console", "bf16", "auto", "-", "0x10", "007",
+        "",
+        " ",
+        "null",
+        "None",
+        "~",
+        "true",
+        "false",
+        "nan",
+        ".nan",
+        "inf",
+        "-inf",
+        ".inf",
+        "1e400",
+        "1e-6",
+        "[]",
+        "[1, 2]",
+        "[a, b]",
+        "[0.9]",
+        "{}",
+        "{a: 1}",
+        "[unclosed",
+        "'quoted'",
+        "${",
+        "${nope}",
+        "${oc.env:SAPO_FUZZ_UNSET}",
+        "${oc.select:nope,3}",
+        "${data.train_batch_size}",
+        "sapoo",
+        "AdamW",
+        "console",
+        "bf16",
+        "auto",
+        "-",
+        "0x10",
+        "007",
     ]
 )
 TEXT = st.text(alphabet=st.characters(codec="utf-8", exclude_categories=("Cs",)), max_size=12)
@@ -168,9 +199,18 @@ def test_a_huge_size_is_answered(fuzz_cases, key, size):
 YAML_TEXTS = st.one_of(
     st.sampled_from(
         [
-            "", "- a\n- b\n", "42\n", "data: [1, 2]\n", "data:\n  train_batch_size: [1]\n", "data: {\n",
-            "trainer:\n  total_epochs: .nan\n", "actor_rollout_ref:\n  rollout:\n    n: -1\n", "\t\tbad: tab\n",
-            "data:\n  train_batch_size: 8\n  train_batch_size: 9\n", "datta:\n  x: 1\n", "!!python/name:os.system\n",
+            "",
+            "- a\n- b\n",
+            "42\n",
+            "data: [1, 2]\n",
+            "data:\n  train_batch_size: [1]\n",
+            "data: {\n",
+            "trainer:\n  total_epochs: .nan\n",
+            "actor_rollout_ref:\n  rollout:\n    n: -1\n",
+            "\t\tbad: tab\n",
+            "data:\n  train_batch_size: 8\n  train_batch_size: 9\n",
+            "datta:\n  x: 1\n",
+            "!!python/name:os.system\n",
         ]
     ),
     st.text(max_size=40),
@@ -193,7 +233,7 @@ def test_a_config_file_is_accepted_or_named(fuzz_cases, text, tmp_path_factory):
 BAD_COMMAND_LINES = [
     ["config", "data.train_batch_size=10000000000000000000000000000001"],
     ["config", "actor_rollout_ref.actor.clip_ratio=nan"],
-    ["config", "data.apply_chat_template_kwargs.enable_thinking=[unclosed", "actor_rollout_ref.rollout.top_k=-7"],
+    ["config", "data.apply_chat_template_kwargs.note=[unclosed", "actor_rollout_ref.rollout.top_k=-7"],
     ["train", "actor_rollout_ref.rollout.temperature=inf"],
     ["train", "data.train_batch_sise=8"],
 ]

@@ -273,8 +273,9 @@ def _sampling_checks(config: Config) -> list[tuple[str, bool, str]]:
         ("actor_rollout_ref.rollout.val_kwargs", rollout.val_kwargs, "val_kwargs.do_sample"),
     ):
         temperature = section.temperature
+        finite = math.isfinite(temperature) and temperature >= 0
         checks += [
-            (f"{prefix}.temperature", math.isfinite(temperature) and temperature >= 0, "a finite number >= 0"),
+            (f"{prefix}.temperature", finite, "a finite number >= 0"),
             (f"{prefix}.top_k", section.top_k >= -1, ">= 1, or -1 / 0 for off"),
         ]
         if section.do_sample:
