@@ -246,6 +246,10 @@ def test_the_divisor_hint_is_unchanged_for_ordinary_sizes():
             "actor_rollout_ref.rollout.temperature=inf",
             "actor_rollout_ref.rollout.temperature must be a finite",
         ),
+        (  # -1 stayed -1 through resolve and reached SamplingParams as max_new_tokens
+            "actor_rollout_ref.rollout.response_length=-1",
+            "actor_rollout_ref.rollout.response_length must be >= 1 or null",
+        ),
     ],
 )
 def test_sampling_keys_are_checked_as_the_rollout_checks_them(override, named):

@@ -222,6 +222,11 @@ def _range_problems(config: Config) -> list[str]:
     checks = [
         ("data.max_prompt_length", config.data.max_prompt_length > 0, "> 0"),
         ("data.max_response_length", config.data.max_response_length > 0, "> 0"),
+        (
+            "actor_rollout_ref.rollout.response_length",
+            arr.rollout.response_length > 0,  # resolved: null (or 0) is data.max_response_length
+            ">= 1 or null (null: data.max_response_length)",
+        ),
         ("actor_rollout_ref.actor.kl_loss_coef", actor.kl_loss_coef >= 0, ">= 0"),
         ("actor_rollout_ref.rollout.top_p", 0 < arr.rollout.top_p <= 1, "in (0, 1]"),
         ("actor_rollout_ref.rollout.val_kwargs.n", arr.rollout.val_kwargs.n >= 1, ">= 1"),
