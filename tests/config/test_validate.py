@@ -275,3 +275,13 @@ def test_the_divisor_list_is_complete_for_ordinary_sizes():
 
     assert divisors_text(12) == "1, 2, 3, 4, 6, 12"
     assert divisors_text(1) == "1"
+
+
+def test_a_per_process_problem_says_where_the_process_count_comes_from():
+    # found by tests/fuzz: trainer.nnodes=007 gave "cannot be split evenly over 7 processes", naming no key
+    with pytest.raises(ConfigError) as err:
+        validate(load_config(None, ["trainer.nnodes=7"]), world_size=7)
+    assert str(err.value).endswith(
+        "(the 7 processes: trainer.nnodes x trainer.n_gpus_per_node = 7 x 1, or the processes torchrun "
+        "started / sapo config --world-size)"
+    )

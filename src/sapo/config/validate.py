@@ -62,6 +62,12 @@ def validate(config: Config, *, world_size: int = 1) -> None:
     problems += _choice_problems(config)
     problems += _range_problems(config)
     problems += unsupported_value_problems(config)
+    if world_size > 1 and any(f"{world_size} processes" in problem for problem in problems):
+        trainer = config.trainer  # say where the count comes from: a user who set nnodes=7 sees "7 processes"
+        problems.append(
+            f"(the {world_size} processes: trainer.nnodes x trainer.n_gpus_per_node = {trainer.nnodes} x "
+            f"{trainer.n_gpus_per_node}, or the processes torchrun started / sapo config --world-size)"
+        )
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
