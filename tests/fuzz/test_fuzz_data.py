@@ -81,10 +81,9 @@ def broken(row: dict, field: str, value) -> dict:
 def write(rows: list[dict], path) -> None:
     if path.suffix == ".parquet":
         try:
-            table = pa.Table.from_pylist(rows)
+            pq.write_table(pa.Table.from_pylist(rows), path)
         except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError, OverflowError):
-            reject()  # pyarrow cannot hold these values in one column: no such parquet file exists
-        pq.write_table(table, path)
+            reject()  # pyarrow cannot hold these values (one type per column, no empty structs): no such file
     else:
         path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
 
