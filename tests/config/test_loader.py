@@ -216,3 +216,23 @@ def test_close_matches_are_specific():
         "actor_rollout_ref.rollout.val_kwargs.temperature"
     ]
     assert close_matches("actor_rollout_ref.actor.lora") == []  # nothing close: no noise
+
+
+# Found by tests/fuzz (bad-input fuzzing).
+def test_nan_is_refused_for_a_float_key():
+    # clip_ratio=nan was accepted: NaN fails no `x > 0` style check
+    with pytest.raises(
+        ConfigError, match=r"actor_rollout_ref.actor.clip_ratio: expected a number, got 'nan'"
+    ):
+        load_config(None, ["actor_rollout_ref.actor.clip_ratio=nan"])
+
+
+def test_an_integer_beyond_float_range_is_infinite_for_a_float_key():
+    config = load_config(None, [f"actor_rollout_ref.actor.clip_ratio={10**400}"])
+    assert config.actor_rollout_ref.actor.clip_ratio == float("inf")
+
+
+def test_unparsable_yaml_inside_a_mapping_key_stays_text():
+    # raised yaml's ParserError (a traceback from `sapo config`)
+    config = load_config(None, ["data.apply_chat_template_kwargs.note=[unclosed"])
+    assert config.data.apply_chat_template_kwargs["note"] == "[unclosed"

@@ -205,3 +205,83 @@ def test_more_ranges():
     assert (
         "val_kwargs.temperature must be > 0 when val_kwargs.do_sample=true" in text
     )  # default temperature 0
+
+
+# Found by tests/fuzz (bad-input fuzzing); each once escaped as a hang, a crash or a late error.
+def test_a_huge_batch_size_is_reported_at_once():
+    # divisors_hint looped over every number up to the batch size: this override hung `sapo config`
+    batch = 2**100
+    overrides = [f"data.train_batch_size={batch}", "actor_rollout_ref.actor.ppo_mini_batch_size=12"]
+    with pytest.raises(ConfigError) as err:
+        validate(load_config(None, overrides))
+    assert f"data.train_batch_size={batch} is not divisible by ppo_mini_batch_size=12" in str(err.value)
+    # 2**100's divisors are the powers of two: 8 and 16 are the nearest to 12
+    assert str(err.value).endswith("e.g. 8 or 16")
+
+
+def test_the_divisor_hint_is_unchanged_for_ordinary_sizes():
+    from sapo.config.world_checks import divisors_hint
+
+    assert divisors_hint(12, 5) == "4 or 6"  # 12's divisors 1 2 3 4 6 12; 4 and 6 are 1 away from 5
+    assert divisors_hint(7, 3) == "1 or 7"
+
+
+@pytest.mark.parametrize(
+    "override, named",
+    [
+        (
+            "actor_rollout_ref.rollout.top_k=-5",
+            "actor_rollout_ref.rollout.top_k must be >= 1, or -1 / 0 for off",
+        ),
+        (
+            "actor_rollout_ref.rollout.val_kwargs.top_k=-2",
+            "actor_rollout_ref.rollout.val_kwargs.top_k must be",
+        ),
+        # val_kwargs.do_sample is false by default: the temperature was not checked, but SamplingParams is
+        (
+            "actor_rollout_ref.rollout.val_kwargs.temperature=-1",
+            "val_kwargs.temperature must be a finite number",
+        ),
+        (
+            "actor_rollout_ref.rollout.temperature=inf",
+            "actor_rollout_ref.rollout.temperature must be a finite",
+        ),
+        (  # -1 stayed -1 through resolve and reached SamplingParams as max_new_tokens
+            "actor_rollout_ref.rollout.response_length=-1",
+            "actor_rollout_ref.rollout.response_length must be >= 1 or null",
+        ),
+    ],
+)
+def test_sampling_keys_are_checked_as_the_rollout_checks_them(override, named):
+    # these passed `sapo config` and failed only when the first SamplingParams was built
+    with pytest.raises(ConfigError, match=named.replace("(", r"\(").replace(")", r"\)")):
+        validate(load_config(None, [override]))
+
+
+def test_a_huge_process_count_is_reported_at_once():
+    # fsdp_problems listed the divisors of the world size by looping up to it: this hung `sapo config`
+    size = 2**40
+    overrides = [f"trainer.n_gpus_per_node={size}", "actor_rollout_ref.actor.fsdp_config.fsdp_size=3"]
+    with pytest.raises(ConfigError) as err:
+        validate(load_config(None, overrides), world_size=size)
+    message = str(err.value)
+    assert f"fsdp_size=3 must be -1 (shard over all {size} processes)" in message
+    # trial division up to 10,000 finds 1, 2, 4, ..., 8192 and their partners 2**40 / d; the rest is "..."
+    assert f"({', '.join(str(2**k) for k in [*range(14), *range(27, 41)])}, ...)" in message
+
+
+def test_the_divisor_list_is_complete_for_ordinary_sizes():
+    from sapo.config.world_checks import divisors_text
+
+    assert divisors_text(12) == "1, 2, 3, 4, 6, 12"
+    assert divisors_text(1) == "1"
+
+
+def test_a_per_process_problem_says_where_the_process_count_comes_from():
+    # found by tests/fuzz: trainer.nnodes=007 gave "cannot be split evenly over 7 processes", naming no key
+    with pytest.raises(ConfigError) as err:
+        validate(load_config(None, ["trainer.nnodes=7"]), world_size=7)
+    assert str(err.value).endswith(
+        "(the 7 processes: trainer.nnodes x trainer.n_gpus_per_node = 7 x 1, or the processes torchrun "
+        "started / sapo config --world-size)"
+    )

@@ -118,7 +118,30 @@ def test_bad_parquet_rows_are_numbered_from_zero(tmp_path):
 def test_invalid_json_lines_are_bad_rows(tmp_path):
     path = tmp_path / "t.jsonl"
     path.write_text(json.dumps(good_row(0)) + "\n{not json\n")
-    with pytest.raises(DataError, match=r"t\.jsonl line 2: field '<row>' is a str"):
+    # the message says what is wrong with the line (it once said "'<row>' is a str", the parse error lost)
+    with pytest.raises(DataError, match=r"t\.jsonl line 2: field '<line>' is not valid JSON \(Expecting"):
+        load_rows(path)
+
+
+def test_a_line_that_is_not_utf8_is_a_bad_row_not_a_crash(tmp_path):
+    # found by tests/fuzz: this raised UnicodeDecodeError out of load_rows
+    path = tmp_path / "t.jsonl"
+    path.write_bytes(json.dumps(good_row(0)).encode() + b"\n\xff\xfe{}\n" + json.dumps(good_row(1)).encode())
+    with pytest.raises(DataError, match=r"t\.jsonl line 2: field '<line>' is not UTF-8 text \(byte 0"):
+        load_rows(path)
+    assert [r["prompt"] for r in load_rows(path, on_bad_row="skip")] == [
+        good_row(0)["prompt"],
+        good_row(1)["prompt"],
+    ]
+
+
+def test_a_deeply_nested_line_is_a_bad_row_not_a_recursion_error(tmp_path):
+    # found by tests/fuzz: json.loads raised RecursionError out of load_rows
+    path = tmp_path / "t.jsonl"
+    path.write_text("[" * 100_000 + "\n" + json.dumps(good_row(0)) + "\n")
+    with pytest.raises(
+        DataError, match=r"t\.jsonl line 1: field '<line>' is not usable JSON \(nested too deeply"
+    ):
         load_rows(path)
 
 

@@ -60,3 +60,11 @@ def test_builtin_tasks_dispatch_to_their_scorers():
     truth = {"target": 10, "numbers": [2, 5]}
     assert default_compute_score("sapo/countdown", "2*5", truth) == 1.0
     assert default_compute_score("sapo/countdown", "2+5", truth) == 0.0
+
+
+def test_a_reward_file_that_exits_at_import_is_named(tmp_path):
+    # found by tests/fuzz: SystemExit escaped the loader, so `sapo train` ended with status 3 and no message
+    path = tmp_path / "exits.py"
+    path.write_text("import sys\nsys.exit(3)\n")
+    with pytest.raises(RewardError, match=rf"importing custom reward file {path} failed with SystemExit: 3"):
+        load_custom_reward_function(path)

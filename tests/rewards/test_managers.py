@@ -272,3 +272,28 @@ def test_token_level_scores_sit_on_the_last_valid_token():
         token_level_scores([1.0, 1.0], torch.tensor([[1, 0], [0, 0]]))
     with pytest.raises(ValueError, match="one score per response"):
         token_level_scores([1.0], mask)
+
+
+# Found by tests/fuzz (bad-input fuzzing): each escaped the reward managers as a raw exception.
+@pytest.mark.parametrize(
+    "value, error",
+    [
+        (10**400, "returned 1000000000"),  # OverflowError from float()
+        ({1: 2.0, "a": 3.0}, "without a 'score' key (keys: ['a', 1])"),  # TypeError from sorted()
+        (10**5000, "returned <a int that cannot be shown>, too large"),  # ValueError from repr()
+    ],
+    ids=["beyond-float", "mixed-keys", "over-4300-digits"],
+)
+def test_odd_reward_values_are_named_failures(value, error):
+    from sapo.rewards.execution import check_result
+
+    assert error in check_result(value).error
+
+
+def test_sys_exit_in_a_reward_function_is_a_failure_not_the_end_of_the_run():
+    def compute_score(**_):
+        raise SystemExit(3)
+
+    manager = build_reward_manager("naive", compute_score, on_error="zero")
+    result = manager([RewardSample("openai/gsm8k", "x", "1")])
+    assert result.scores == [0.0] and "raised SystemExit: 3" in result.failure_messages[0]

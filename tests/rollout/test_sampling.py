@@ -77,3 +77,31 @@ def test_inverse_cdf_never_picks_a_token_of_probability_zero():
     # u = 0 lands on the flat start of the CDF, u just below 1 may round up to the total
     tokens = inverse_cdf(probs, torch.tensor([0.0, 0.6, 1.0 - 1e-8]))
     assert tokens.tolist() == [1, 2, 2]
+
+
+# Found by tests/fuzz (bad-input fuzzing): wrong types raised TypeError or were taken silently.
+@pytest.mark.parametrize(
+    "kwargs, named",
+    [
+        ({"temperature": "1.0"}, "temperature must be a finite number >= 0 (got '1.0')"),  # was a TypeError
+        ({"top_p": None}, "top_p must be a number in (0, 1] (got None)"),  # was a TypeError
+        ({"do_sample": 0}, "do_sample must be true or false (got 0)"),  # was taken as greedy
+        ({"seed": "7"}, "seed must be an integer or None (got '7')"),  # reached torch.Generator
+        ({"n": True}, "n (samples per prompt) must be an integer >= 1 (got True)"),  # was taken as 1
+    ],
+)
+def test_sampling_params_name_a_wrong_type(kwargs, named):
+    from sapo.errors import UserError
+    from sapo.rollout.base import SamplingParams
+
+    with pytest.raises(UserError) as err:
+        SamplingParams(**kwargs)
+    assert str(err.value).startswith(named)
+
+
+def test_sampling_params_take_numpy_integers():
+    import numpy as np
+
+    from sapo.rollout.base import SamplingParams
+
+    assert SamplingParams(n=np.int64(4), top_k=np.int32(5)).n == 4

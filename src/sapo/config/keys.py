@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import math
 import types
 import typing
 from typing import Any
@@ -112,7 +113,7 @@ def coerce(value: Any, tp: Any, *, is_text: bool = False) -> Any:
     if origin in (typing.Union, types.UnionType):
         return _coerce_union(value, args, is_text)
     if is_text and tp is not str:
-        value = _parse_text(value)
+        value = parse_text(value)
     if value is None:
         raise ValueError(f"null is not allowed here (expected {getattr(tp, '__name__', tp)})")
     return _coerce_plain(value, tp)
@@ -123,7 +124,7 @@ def _coerce_union(value: Any, args: tuple, is_text: bool) -> Any:
         if type(None) in args:
             return None
         raise ValueError("null is not allowed here")
-    parsed = _parse_text(value) if is_text else value
+    parsed = parse_text(value) if is_text else value
     members = [a for a in args if a is not type(None)]
     if is_text and str in members and not isinstance(parsed, list):
         return value  # text stays text for a str-or-list field: "1e-6" and "007" are names, not numbers
@@ -140,13 +141,28 @@ def _is_null(value: Any) -> bool:
     return value is None or (isinstance(value, str) and value.strip().lower() in _NULL_TEXT)
 
 
-def _parse_text(text: Any) -> Any:
+def parse_text(text: Any) -> Any:
+    """Command-line text as YAML (``3`` -> 3, ``[a,b]`` -> a list); text YAML cannot parse stays text."""
     if not isinstance(text, str):
         return text
     try:
         return yaml.safe_load(text) if text.strip() else text
     except yaml.YAMLError:
         return text
+
+
+def _as_float(value: Any) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond float's range
+            return math.inf if value > 0 else -math.inf
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
 
 
 def _coerce_plain(value: Any, tp: Any) -> Any:  # noqa: C901 - one branch per supported type
@@ -171,14 +187,12 @@ def _coerce_plain(value: Any, tp: Any) -> Any:  # noqa: C901 - one branch per su
                 pass
         raise ValueError(f"expected an integer, got {value!r}")
     if tp is float:
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        raise ValueError(f"expected a number, got {value!r}")
+        number = _as_float(value)
+        if number is None:
+            raise ValueError(f"expected a number, got {value!r}")
+        if math.isnan(number):  # NaN passes every `x > 0` check by failing none: refuse it here
+            raise ValueError(f"expected a number, got {value!r} (not a number)")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

@@ -29,6 +29,7 @@ from sapo.config.keys import (
     coerce,
     is_dict_field,
     locate,
+    parse_text,
     section_type,
 )
 from sapo.config.resolve import resolve_config
@@ -101,7 +102,7 @@ def _apply(config: Config, key: str, value: Any, *, is_text: bool, source: str, 
         owner, name, tp, rest = located
         try:
             if rest:  # a key inside a dict-typed field, e.g. data.apply_chat_template_kwargs.enable_thinking
-                _set_nested(getattr(owner, name), rest, yaml.safe_load(value) if is_text else value)
+                _set_nested(getattr(owner, name), rest, parse_text(value) if is_text else value)
             elif has_interpolation(value):
                 setattr(owner, name, value)  # kept as given; interpolate resolves and coerces it
             else:

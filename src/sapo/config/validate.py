@@ -62,6 +62,12 @@ def validate(config: Config, *, world_size: int = 1) -> None:
     problems += _choice_problems(config)
     problems += _range_problems(config)
     problems += unsupported_value_problems(config)
+    if world_size > 1 and any(f"{world_size} processes" in problem for problem in problems):
+        trainer = config.trainer  # say where the count comes from: a user who set nnodes=7 sees "7 processes"
+        problems.append(
+            f"(the {world_size} processes: trainer.nnodes x trainer.n_gpus_per_node = {trainer.nnodes} x "
+            f"{trainer.n_gpus_per_node}, or the processes torchrun started / sapo config --world-size)"
+        )
     if problems:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(problems))
 
@@ -222,6 +228,11 @@ def _range_problems(config: Config) -> list[str]:
     checks = [
         ("data.max_prompt_length", config.data.max_prompt_length > 0, "> 0"),
         ("data.max_response_length", config.data.max_response_length > 0, "> 0"),
+        (
+            "actor_rollout_ref.rollout.response_length",
+            arr.rollout.response_length > 0,  # resolved: null (or 0) is data.max_response_length
+            ">= 1 or null (null: data.max_response_length)",
+        ),
         ("actor_rollout_ref.actor.kl_loss_coef", actor.kl_loss_coef >= 0, ">= 0"),
         ("actor_rollout_ref.rollout.top_p", 0 < arr.rollout.top_p <= 1, "in (0, 1]"),
         ("actor_rollout_ref.rollout.val_kwargs.n", arr.rollout.val_kwargs.n >= 1, ">= 1"),
@@ -264,18 +275,7 @@ def _range_problems(config: Config) -> list[str]:
             ">= 0",
         ),
     ]
-    if arr.rollout.val_kwargs.do_sample:
-        checks.append(
-            (
-                "actor_rollout_ref.rollout.val_kwargs.temperature",
-                arr.rollout.val_kwargs.temperature > 0,
-                "> 0 when val_kwargs.do_sample=true",
-            )
-        )
-    if arr.rollout.do_sample:
-        checks.append(
-            ("actor_rollout_ref.rollout.temperature", arr.rollout.temperature > 0, "> 0 when do_sample=true")
-        )
+    checks += _sampling_checks(config)
     checks += _optim_checks(config)
     out += [f"{key} must be {rule}" for key, ok, rule in checks if not ok]
     val = arr.rollout.val_kwargs
@@ -286,6 +286,27 @@ def _range_problems(config: Config) -> list[str]:
         )
     out += _token_budget_problems(config)
     return out
+
+
+def _sampling_checks(config: Config) -> list[tuple[str, bool, str]]:
+    """The rules :class:`sapo.rollout.base.SamplingParams` enforces, checked here against the config keys
+    so a bad value is reported by ``sapo config`` and before any model loads (a greedy section's temperature
+    must still be a finite number >= 0: the engine checks it whatever do_sample says)."""
+    rollout = config.actor_rollout_ref.rollout
+    checks = []
+    for prefix, section, flag in (
+        ("actor_rollout_ref.rollout", rollout, "do_sample"),
+        ("actor_rollout_ref.rollout.val_kwargs", rollout.val_kwargs, "val_kwargs.do_sample"),
+    ):
+        temperature = section.temperature
+        finite = math.isfinite(temperature) and temperature >= 0
+        checks += [
+            (f"{prefix}.temperature", finite, "a finite number >= 0"),
+            (f"{prefix}.top_k", section.top_k >= -1, ">= 1, or -1 / 0 for off"),
+        ]
+        if section.do_sample:
+            checks.append((f"{prefix}.temperature", temperature > 0, f"> 0 when {flag}=true"))
+    return checks
 
 
 def _optim_checks(config: Config) -> list[tuple[str, bool, str]]:

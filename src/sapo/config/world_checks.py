@@ -8,6 +8,7 @@ the configured count), so a config can be checked for a cluster on a laptop.
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any
 
 from sapo.config.schema import Config
@@ -62,6 +63,9 @@ def per_process_problems(prefix: str, mini: int, n: int, micro: int | None, worl
     return []
 
 
+HINT_WINDOW = 10_000  # divisors_hint searches near +- this many numbers
+
+
 # sapo.models.dtypes' names (config does not import models); matched lower-case, as resolve_dtype does.
 FSDP_DTYPES = ("bf16", "bfloat16", "fp16", "float16", "fp32", "float32")
 MIXED_PRECISION_KEYS = ("param_dtype", "reduce_dtype", "buffer_dtype")
@@ -84,7 +88,6 @@ def fsdp_problems(config: Config, world_size: int) -> list[str]:
     """fsdp_size must fit the world size; dtype names must be known; models that are built must share
     the actor's fsdp_size (one device mesh serves them all)."""
     out = []
-    divisors = [d for d in range(1, world_size + 1) if world_size % d == 0]
     built = {
         "actor_rollout_ref.actor.fsdp_config": True,
         "actor_rollout_ref.ref.fsdp_config": uses_reference(config),
@@ -95,7 +98,7 @@ def fsdp_problems(config: Config, world_size: int) -> list[str]:
         if size != -1 and (size < 1 or world_size % size):
             out.append(
                 f"{prefix}.fsdp_size={size} must be -1 (shard over all {world_size} processes) or a divisor "
-                f"of the world size {world_size} ({', '.join(map(str, divisors))})"
+                f"of the world size {world_size} ({divisors_text(world_size)})"
             )
         for key, value in fsdp.mixed_precision.items():
             if key not in MIXED_PRECISION_KEYS:
@@ -130,9 +133,22 @@ def uses_reference(config: Config) -> bool:
 
 
 def divisors_hint(total: int, near: int) -> str:
-    divisors = [d for d in range(1, total + 1) if total % d == 0]
-    divisors.sort(key=lambda d: (abs(d - near), d))
+    """The two divisors of ``total`` closest to ``near``. Only a window around ``near`` is searched (plus 1
+    and ``total``), so a huge size (``data.train_batch_size=10**30``) gets its error at once instead of a
+    loop over every number up to it."""
+    window = range(max(1, near - HINT_WINDOW), min(total, near + HINT_WINDOW) + 1)
+    divisors = {d for d in window if total % d == 0} | {1, total}
+    divisors = sorted(divisors, key=lambda d: (abs(d - near), d))
     return " or ".join(str(d) for d in sorted(divisors[:2]))
+
+
+def divisors_text(total: int) -> str:
+    """``total``'s divisors, comma-separated. Trial division stops at ``HINT_WINDOW`` (the pairs found are
+    listed, then "..."), so ``trainer.n_gpus_per_node=10**12`` gets its error at once."""
+    root = math.isqrt(total)
+    small = [d for d in range(1, min(root, HINT_WINDOW) + 1) if total % d == 0]
+    found = sorted(set(small) | {total // d for d in small})
+    return ", ".join(map(str, found)) + (", ..." if root > HINT_WINDOW else "")
 
 
 def tensor_parallel_problems(config: Config, world_size: int) -> list[str]:
@@ -151,9 +167,8 @@ def tensor_parallel_problems(config: Config, world_size: int) -> list[str]:
             f"whole model on each process): set rollout.name=vllm, or {key}=1"
         ]
     if world_size % tp:
-        fits = [d for d in range(1, world_size + 1) if world_size % d == 0]
         return [
             f"{key}={tp} must divide the {world_size} processes (each group of {tp} consecutive ranks shares "
-            f"one engine): use one of {', '.join(map(str, fits))}, or start a multiple of {tp} processes"
+            f"one engine): use one of {divisors_text(world_size)}, or start a multiple of {tp} processes"
         ]
     return []

@@ -102,7 +102,9 @@ def read_rows(
     rows, bad_rows = [], []
     for path in paths:
         for location, row in _read_file(Path(path)):
-            problem = row_problem(row, prompt_key)
+            problem = (
+                ("<line>", row.problem) if isinstance(row, _Unreadable) else row_problem(row, prompt_key)
+            )
             if problem:
                 bad_rows.append(BadRow(location, *problem))
             else:
@@ -128,6 +130,29 @@ def load_rows(
     return read_rows(paths, prompt_key=prompt_key, on_bad_row=on_bad_row).rows
 
 
+@dataclass(frozen=True)
+class _Unreadable:
+    """A jsonl line that holds no JSON value; ``problem`` says why (reported as a bad row)."""
+
+    problem: str
+
+
+def _parse_line(line: bytes):
+    try:
+        text = line.decode("utf-8")
+    except UnicodeDecodeError as err:
+        return _Unreadable(
+            f"is not UTF-8 text (byte {err.start} is {line[err.start : err.start + 1]!r}): "
+            "save the file as UTF-8"
+        )
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        return _Unreadable(f"is not valid JSON ({err.msg} at column {err.colno})")
+    except RecursionError:
+        return _Unreadable("is not usable JSON (nested too deeply)")
+
+
 def _read_file(path: Path):
     if not path.is_file():
         raise DataError(f"data file {path} does not exist: check data.train_files / data.val_files")
@@ -143,15 +168,10 @@ def _read_file(path: Path):
         for i, row in enumerate(table.to_pylist()):
             yield f"{path} row {i}", row
     elif suffix in (".jsonl", ".json"):
-        with path.open(encoding="utf-8") as f:
+        with path.open("rb") as f:  # bytes: a line that is not UTF-8 is one bad row, not a crash
             for line_number, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as err:
-                    row = f"invalid JSON ({err.msg})"
-                yield f"{path} line {line_number}", row
+                if line.strip():
+                    yield f"{path} line {line_number}", _parse_line(line)
     else:
         raise DataError(
             f"{path}: unsupported file type {suffix!r}; use .parquet or .jsonl (one object per line)"

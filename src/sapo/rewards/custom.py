@@ -54,7 +54,7 @@ def _load(path: str, name: str):
     sys.modules[module_name] = module
     try:
         spec.loader.exec_module(module)
-    except Exception as err:
+    except (Exception, SystemExit) as err:  # a script's sys.exit() at import must not end the run silently
         del sys.modules[module_name]
         raise RewardError(
             f"importing custom reward file {path} failed with {type(err).__name__}: {err}: fix the file"

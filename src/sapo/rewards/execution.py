@@ -47,23 +47,36 @@ def check_result(result) -> Outcome:
     extra = {}
     if isinstance(result, dict):
         if "score" not in result:
-            return Outcome(error=f"returned a dict without a 'score' key (keys: {sorted(result)})")
+            keys = sorted(result, key=repr)  # by repr: keys of mixed types do not compare
+            return Outcome(error=f"returned a dict without a 'score' key (keys: {keys})")
         extra = {k: v for k, v in result.items() if k != "score"}
         result = result["score"]
     if getattr(result, "ndim", None) == 0 and hasattr(result, "item"):  # 0-d torch tensor or numpy array
         result = result.item()
     if not isinstance(result, Real):  # bool, int, float, numpy scalars pass
-        return Outcome(error=f"returned {type(result).__name__} {result!r:.80}, not a number")
-    score = float(result)
+        return Outcome(error=f"returned {type(result).__name__} {_shown(result)}, not a number")
+    try:
+        score = float(result)
+    except OverflowError:  # an int (or Fraction) beyond float's range
+        return Outcome(error=f"returned {_shown(result)}, too large for a float score")
     if not math.isfinite(score):
         return Outcome(error=f"returned {score}, not a finite number")
     return Outcome(score=score, extra=extra)
 
 
+def _shown(value) -> str:
+    """``repr(value)`` cut to 80 characters; a repr that fails (an int of over 4300 digits, a user class)
+    must not turn a reward error into a crash."""
+    try:
+        return f"{value!r:.80}"
+    except Exception:
+        return f"<a {type(value).__name__} that cannot be shown>"
+
+
 def call_in_process(function, kwargs: dict) -> Outcome:
     try:
         result = function(**kwargs)
-    except Exception as err:
+    except (Exception, SystemExit) as err:  # sys.exit() in a reward function fails the call, not the run
         return Outcome(error=f"raised {type(err).__name__}: {err}")
     return check_result(result)
 

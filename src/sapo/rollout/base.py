@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from numbers import Integral, Real
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -28,6 +29,15 @@ import torch
 
 from sapo.errors import UserError
 from sapo.rollout.seeds import TRAIN_STREAM, rollout_seeds
+
+
+def _is_int(value) -> bool:
+    """An integer (numpy's too), not a bool: ``n=True`` is a mistake, not 1."""
+    return isinstance(value, Integral) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_real(value) -> bool:
+    return isinstance(value, Real) and not isinstance(value, (bool, np.bool_))
 
 
 @dataclass(frozen=True)
@@ -52,22 +62,29 @@ class SamplingParams:
         self.validate()
 
     def validate(self) -> None:
-        if not isinstance(self.n, int) or self.n < 1:
+        """A UserError naming the first parameter of the wrong type or outside its range."""
+        if not _is_int(self.n) or self.n < 1:
             raise UserError(f"n (samples per prompt) must be an integer >= 1 (got {self.n!r}): set rollout.n")
-        if not math.isfinite(self.temperature) or self.temperature < 0:
+        if not _is_real(self.temperature) or not math.isfinite(self.temperature) or self.temperature < 0:
             raise UserError(
-                f"temperature must be a finite number >= 0 (got {self.temperature}): use 1.0 to sample from "
-                "the model's distribution, 0 for greedy decoding"
+                f"temperature must be a finite number >= 0 (got {self.temperature!r}): use 1.0 to sample "
+                "from the model's distribution, 0 for greedy decoding"
             )
-        if not 0.0 < self.top_p <= 1.0:
-            raise UserError(f"top_p must be in (0, 1] (got {self.top_p}): use 1.0 to switch top-p off")
-        if not isinstance(self.top_k, int) or self.top_k < -1:
+        if not _is_real(self.top_p) or not 0.0 < self.top_p <= 1.0:
+            raise UserError(
+                f"top_p must be a number in (0, 1] (got {self.top_p!r}): use 1.0 to switch top-p off"
+            )
+        if not _is_int(self.top_k) or self.top_k < -1:
             raise UserError(f"top_k must be an integer >= 1, or -1 / 0 for off (got {self.top_k!r})")
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
             raise UserError(
                 f"max_new_tokens must be an integer >= 1 (got {self.max_new_tokens!r}): set "
                 "rollout.response_length / data.max_response_length"
             )
+        if not isinstance(self.do_sample, (bool, np.bool_)):  # 0 / "false" would pass an `if do_sample`
+            raise UserError(f"do_sample must be true or false (got {self.do_sample!r})")
+        if self.seed is not None and not _is_int(self.seed):
+            raise UserError(f"seed must be an integer or None (got {self.seed!r})")
 
     @property
     def greedy(self) -> bool:
