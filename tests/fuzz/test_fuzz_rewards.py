@@ -69,7 +69,9 @@ def expected_score(result) -> float | None:
 
 
 def manager(name: str, result, on_error: str):
-    kwargs = {"on_error": on_error}
+    # every sample gets the same value, so a failure is 2 of 2: max_error_fraction=1 keeps on_error=zero
+    # scoring them (the fraction rule itself is tested in tests/rewards/test_managers.py)
+    kwargs = {"on_error": on_error, "max_error_fraction": 1.0}
     if name == "dapo":
         kwargs.update(overlong_buffer_len=0, overlong_penalty_factor=1.0, max_response_length=16)
 

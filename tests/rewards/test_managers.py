@@ -294,6 +294,6 @@ def test_sys_exit_in_a_reward_function_is_a_failure_not_the_end_of_the_run():
     def compute_score(**_):
         raise SystemExit(3)
 
-    manager = build_reward_manager("naive", compute_score, on_error="zero")
+    manager = build_reward_manager("naive", compute_score, on_error="zero", max_error_fraction=1.0)
     result = manager([RewardSample("openai/gsm8k", "x", "1")])
     assert result.scores == [0.0] and "raised SystemExit: 3" in result.failure_messages[0]
