@@ -36,6 +36,7 @@ def uninterrupted(tmp_path, tiny_qwen3, overrides_for):
         "trainer.total_training_steps=6",
         "trainer.save_freq=1",
         "trainer.test_freq=3",
+        "trainer.log_val_generations=2",
         "trainer.logger=[console]",
         "actor_rollout_ref.actor.ppo_epochs=2",
         "actor_rollout_ref.actor.shuffle=true",
@@ -67,3 +68,25 @@ def test_resume_reproduces_the_uninterrupted_run_bit_for_bit(tmp_path, uninterru
     got = records(stopped)
     assert [r["step"] for r in got] == [r["step"] for r in expected]
     assert got == expected  # every loss, reward, length, lr and validation number, exactly
+    # the validation responses logged after the checkpoint (step 3 when stopped at 2) are not repeated
+    assert (stopped / "val_generations.jsonl").read_text() == (full_dir / "val_generations.jsonl").read_text()
+
+
+def test_a_restart_before_the_first_checkpoint_does_not_repeat_step_0(tmp_path, uninterrupted):
+    """A run killed before its first checkpoint has logged step 0's validation (metrics and responses);
+    the next start is a fresh one and logs step 0 again, which must then be there once, not twice."""
+    full_dir, overrides = uninterrupted
+    restarted = tmp_path / "restarted"
+    shutil.copytree(full_dir, restarted)
+    for path in restarted.glob("global_step_*"):
+        shutil.rmtree(path)
+    (restarted / "latest_checkpointed_iteration.txt").unlink()
+    shutil.rmtree(restarted / "hf_model")
+    kept = [o for o in overrides if not o.startswith("trainer.default_local_dir=")]
+    assert main(["train", *kept, f"trainer.default_local_dir={restarted}"]) == 0
+    assert json.loads((restarted / "derived.json").read_text())["resumed_from"] is None
+    assert [r["step"] for r in records(restarted)] == [0, 1, 2, 3, 4, 5, 6]
+    assert records(restarted) == records(full_dir)
+    assert (restarted / "val_generations.jsonl").read_text() == (
+        full_dir / "val_generations.jsonl"
+    ).read_text()

@@ -182,7 +182,8 @@ class SilentLogger:
 
 def truncate_metrics(path: Path, after_step: int) -> None:
     """Drop records with step > ``after_step`` (rewritten atomically), and a line that is not a whole
-    record: a kill in the middle of a write leaves a torn last line, which must not break every resume."""
+    record: a kill in the middle of a write leaves a torn last line, which must not break every resume.
+    Any JSON-lines file of ``{"step": N, ...}`` records (``val_generations.jsonl`` too)."""
     if not path.is_file():
         return
     kept = [line for line in path.read_text().splitlines() if _step_of(line) <= after_step]

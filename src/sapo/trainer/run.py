@@ -33,12 +33,12 @@ from sapo.errors import UserError
 from sapo.optim import AdamW
 from sapo.rollout import make_rollout_engine
 from sapo.rollout.base import SamplingParams
-from sapo.run_dir import HF_MODEL_DIR, remove_orphans
+from sapo.run_dir import HF_MODEL_DIR, METRICS_FILE, VAL_GENERATIONS_FILE, remove_orphans
 from sapo.trainer import checkpoint as ckpt
 from sapo.trainer import run_checkpoint, settings
 from sapo.trainer.actor import ActorUpdateSettings
 from sapo.trainer.critic import CriticUpdateSettings
-from sapo.trainer.logging import MetricsLogger, SilentLogger
+from sapo.trainer.logging import MetricsLogger, SilentLogger, truncate_metrics
 from sapo.trainer.nonfinite import NonFiniteStreak
 from sapo.trainer.run_identity import check_run_identity, record_run_identity
 from sapo.trainer.setup import (
@@ -223,6 +223,7 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
         run.logger = SilentLogger()
         return run
     _record_start(run, resumed_from, quiet)
+    drop_records_after(run_dir, run.global_step if resumed_from else -1)
     trainer = config.trainer
     run.logger = MetricsLogger(
         run_dir,
@@ -230,7 +231,7 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
         project=trainer.project_name,
         experiment=trainer.experiment_name,
         total_steps=total_steps,
-        resume_step=run.global_step,  # 0 on a fresh start: clears an old metrics.jsonl
+        resume_step=run.global_step,
     )
     return run
 
@@ -340,6 +341,15 @@ def _announce_skipped(run: TrainingRun, skipped: list[str], path: Path) -> None:
             file=sys.stderr,
             flush=True,
         )
+
+
+def drop_records_after(run_dir: Path, step: int) -> None:
+    """Drop what an attempt that was stopped (a kill, a crash) logged after the checkpoint the run continues
+    from, so that ``metrics.jsonl`` and ``val_generations.jsonl`` read as one uninterrupted run: records of
+    steps after ``step``. On a fresh start ``step`` is -1: every old record goes, step 0's validation
+    included (it is logged again), where keeping step 0 would write it twice."""
+    for name in (METRICS_FILE, VAL_GENERATIONS_FILE):
+        truncate_metrics(run_dir / name, after_step=step)
 
 
 def _record_start(run: TrainingRun, resumed_from: Path | None, quiet: bool) -> None:
