@@ -168,13 +168,13 @@ class Kill:
     nth_save: int = 0
     rank: int = 0
 
-    def label(self) -> str:
+    def label(self, processes: int) -> str:
         where = (
             f"{self.delay_s:.2f}s"
             if self.mode == "at"
             else f"save#{self.nth_save}+{self.delay_s * 1e3:.0f}ms"
         )
-        return where + (f" r{self.rank}" if self.rank else "")
+        return where + (f" r{self.rank}" if processes > 1 else "")
 
 
 @dataclasses.dataclass
@@ -414,13 +414,14 @@ def reference_run(setup: Setup, processes: int) -> Reference:
 
 
 def plan_kills(rng: random.Random, reference: Reference) -> list[Kill]:
-    """One to three kills, each at a moment drawn over the uninterrupted run's length, or just after the
+    """One to three kills, each at a moment drawn over 5-85% of the uninterrupted run's length (a later one
+    often comes after the end, the machine's load varying), or just after the
     temporary directory of this attempt's 1st-3rd checkpoint appears (0 ms, or 0-20 ms after)."""
     kills = []
     for _ in range(rng.randint(1, 3)):
         rank = rng.randrange(reference.processes)
         if rng.random() < 0.5:
-            kills.append(Kill("at", rng.uniform(0.05, 1.0) * reference.seconds, rank=rank))
+            kills.append(Kill("at", rng.uniform(0.05, 0.85) * reference.seconds, rank=rank))
         else:
             delay = 0.0 if rng.random() < 0.5 else rng.uniform(0.0, 0.02)
             kills.append(Kill("save", delay, nth_save=rng.randint(1, 3), rank=rank))
@@ -454,7 +455,9 @@ def run_trial(setup: Setup, reference: Reference, number: int, seed: int) -> Tri
 # ------------------------------------------------------------------------------------------ report
 def table_row(trial: Trial) -> str:
     moments = ", ".join(
-        a.kill.label() + ("" if a.fired else " (ended first)") for a in trial.attempts if a.kill is not None
+        a.kill.label(trial.processes) + ("" if a.fired else " (ended first)")
+        for a in trial.attempts
+        if a.kill is not None
     )
     inside = sum(a.in_save for a in trial.kills)
     stops = (
@@ -475,7 +478,9 @@ TABLE_HEAD = (
 
 
 def summary(trials: list[Trial]) -> str:
-    lines = [f"survived {sum(t.survived for t in trials)} / {len(trials)} trials"]
+    killed = sum(bool(t.kills) for t in trials)
+    survived = sum(t.survived for t in trials)
+    lines = [f"survived {survived} / {len(trials)} trials ({killed} killed at least once)"]
     for processes in sorted({t.processes for t in trials}):
         group = [t for t in trials if t.processes == processes]
         kills = [a for t in group for a in t.kills]
