@@ -10,6 +10,7 @@ import json
 import shutil
 
 import pytest
+import torch
 
 from sapo.cli import main
 
@@ -90,3 +91,25 @@ def test_a_restart_before_the_first_checkpoint_does_not_repeat_step_0(tmp_path, 
     assert (restarted / "val_generations.jsonl").read_text() == (
         full_dir / "val_generations.jsonl"
     ).read_text()
+
+
+def test_a_run_killed_during_its_final_export_exports_when_run_again(tmp_path, uninterrupted):
+    """Killed after the last step's checkpoint, in the export: the re-run has nothing to train, but
+    writes the export the kill cut short (the same weights), and keeps the records."""
+    from safetensors.torch import load_file
+
+    full_dir, overrides = uninterrupted
+    killed = tmp_path / "killed"
+    shutil.copytree(full_dir, killed)
+    shutil.rmtree(killed / "hf_model")
+    (killed / ".tmp_hf_model.12345").mkdir()  # what a kill in the middle of the export leaves
+    kept = [o for o in overrides if not o.startswith("trainer.default_local_dir=")]
+    assert main(["train", *kept, f"trainer.default_local_dir={killed}"]) == 0
+    exported, expected = (
+        load_file(killed / "hf_model/model.safetensors"),
+        load_file(full_dir / "hf_model/model.safetensors"),
+    )
+    assert exported.keys() == expected.keys()
+    assert all(torch.equal(exported[name], expected[name]) for name in expected)
+    assert not list(killed.glob(".tmp_*"))
+    assert records(killed) == records(full_dir)

@@ -100,7 +100,8 @@ def train(config: Config) -> RunSummary:
 
 
 def _finished(run: TrainingRun) -> RunSummary:
-    """A re-run of a run that reached its last step: say so and give its result; nothing is rewritten."""
+    """A re-run of a run that reached its last step: say so and give its result; nothing is rewritten,
+    except an export that is missing (a kill after the last checkpoint, during the export): written now."""
     records = read_metrics(run.run_dir)
     first = records[0] if records and records[0].get("step") == 0 else None
     last = records[-1] if records else {}
@@ -112,6 +113,8 @@ def _finished(run: TrainingRun) -> RunSummary:
             flush=True,
         )
     export_dir = run.run_dir / HF_MODEL_DIR
+    if run.config.trainer.export_hf and not run.world.on_main(export_dir.is_dir):  # one answer, every rank
+        export(run)
     return RunSummary(run.run_dir, run.global_step, last, first, export_dir if export_dir.is_dir() else None)
 
 
