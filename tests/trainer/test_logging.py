@@ -48,6 +48,32 @@ def test_tensorboard_event_files_read_back(tmp_path):
     assert [(e.step, e.value) for e in events.Scalars("val-core/addition/acc/mean@1")] == [(1, 0.25)]
 
 
+def test_a_resumed_run_replaces_the_killed_attempts_tensorboard_steps(tmp_path):
+    """Killed after logging steps 1-3 with its checkpoint at 1: the resumed run logs 2 and 3 again, and
+    TensorBoard shows each step once, with the resumed values; a fresh start hides every old step."""
+    import time
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    def scalars():
+        events = EventAccumulator(str(tmp_path / "tensorboard"))
+        events.Reload()
+        return [(e.step, e.value) for e in events.Scalars("m")]
+
+    with MetricsLogger(tmp_path, loggers=["tensorboard"]) as logger:
+        for step in (1, 2, 3):
+            logger.log({"m": float(step)}, step=step)
+    time.sleep(1.1)  # event file names carry the second they were opened in: keep them apart
+    with MetricsLogger(tmp_path, loggers=["tensorboard"], resume_step=1) as logger:
+        logger.log({"m": 20.0}, step=2)
+        logger.log({"m": 30.0}, step=3)
+    assert scalars() == [(1, 1.0), (2, 20.0), (3, 30.0)]
+    time.sleep(1.1)
+    with MetricsLogger(tmp_path, loggers=["tensorboard"], resume_step=0) as logger:
+        logger.log({"m": 7.0}, step=1)
+    assert scalars() == [(1, 7.0)]
+
+
 def test_wandb_offline_run(tmp_path, monkeypatch):
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")

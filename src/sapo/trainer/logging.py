@@ -111,7 +111,7 @@ class MetricsLogger:
             truncate_metrics(self.metrics_path, after_step=resume_step)
         self._jsonl = self.metrics_path.open("a")
         self._tensorboard = (
-            _open_tensorboard(self.run_dir / TENSORBOARD_DIR) if "tensorboard" in loggers else None
+            _open_tensorboard(self.run_dir / TENSORBOARD_DIR, resume_step) if "tensorboard" in loggers else None
         )
         self._wandb = (
             _open_wandb(self.run_dir, project, experiment, config, resume_step)
@@ -202,7 +202,10 @@ def _step_of(line: str) -> float:
     return step if isinstance(step, (int, float)) else math.inf
 
 
-def _open_tensorboard(log_dir: Path):
+def _open_tensorboard(log_dir: Path, resume_step: int | None = None):
+    """A SummaryWriter; when the directory holds an earlier attempt's events, the steps after
+    ``resume_step`` (all of them on a fresh start) are purged, so a resumed run's replayed steps replace
+    those of the attempt that was killed instead of appearing twice (TensorBoard's ``purge_step``)."""
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as err:
@@ -211,7 +214,9 @@ def _open_tensorboard(log_dir: Path):
             "pip install tensorboard (or pip install 'sapo-rl[tensorboard]'), or drop "
             "tensorboard from trainer.logger"
         ) from err
-    return SummaryWriter(log_dir=str(log_dir))
+    earlier = log_dir.is_dir() and any(log_dir.glob("events.out.tfevents.*"))
+    purge_step = ((resume_step or 0) + 1 if resume_step else 0) if earlier else None
+    return SummaryWriter(log_dir=str(log_dir), purge_step=purge_step)
 
 
 def _open_wandb(run_dir: Path, project: str, experiment: str, config: dict | None, resume_step: int | None):
