@@ -28,6 +28,8 @@ VAL_ONLY = _KEYS + "test_val_only_validates_with_the_custom_chat_template_and_st
 MICRO = _KEYS + "test_micro_batch_keys_reach_every_pass"
 KL = _KEYS + "test_adaptive_kl_controller_counts_sequences"
 VLLM = _KEYS + "test_vllm_engine_settings_reach_the_engine"
+_DYNAMIC = "trainer/test_dynamic_sampling.py::"
+DYNAMIC_SAMPLING = _DYNAMIC + "test_the_sampler_moves_on_by_every_round_and_a_resume_continues_exactly"
 END_TO_END = "trainer/test_train_end_to_end.py::test_sapo_train_runs_a_real_model_and_writes_every_output"
 _DIST = "config/test_distributed_keys.py::"
 SHARDING = _DIST + "test_fsdp_config_keys_reach_the_sharding_settings"
@@ -197,6 +199,9 @@ HONOURED: dict[str, str] = {
     "trainer.validation_data_dir": DUMPS,
     "trainer.test_freq": "trainer/test_resume.py::test_resume_reproduces_the_uninterrupted_run_bit_for_bit",
     "trainer.save_freq": DUMPS,
+    "algorithm.filter_groups.enable": DYNAMIC_SAMPLING,
+    "algorithm.filter_groups.metric": DYNAMIC_SAMPLING,
+    "algorithm.filter_groups.max_num_gen_batches": DYNAMIC_SAMPLING,
     "trainer.max_nonfinite_steps": (
         "trainer/test_nonfinite.py::test_max_nonfinite_steps_in_a_row_stop_the_run_with_a_checkpoint"
     ),

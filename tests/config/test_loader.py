@@ -118,8 +118,8 @@ def test_ignored_keys_are_reported_and_algorithm_changing_values_are_not_ignored
         load_config(None, ["trainer.critic_warmup=5"])
     with pytest.raises(ConfigError, match="lora_rank.*accepts it only as 0"):
         load_config(None, ["actor_rollout_ref.model.lora_rank=8"])
-    with pytest.raises(ConfigError, match="filter_groups.enable"):
-        load_config(None, ["algorithm.filter_groups.enable=True"])
+    with pytest.raises(ConfigError, match="use_pf_ppo.*accepts it only as False"):
+        load_config(None, ["algorithm.use_pf_ppo=True"])
 
 
 def test_verl_aliases_map_to_sapo_keys():

@@ -377,6 +377,25 @@ class RolloutCorrectionConfig:
 
 
 @dataclass
+class FilterGroupsConfig:
+    enable: bool = opt(
+        False,
+        "DAPO dynamic sampling (arXiv 2503.14476): drop prompt groups whose metric has zero variance and "
+        "generate more until data.train_batch_size informative groups are collected.",
+    )
+    metric: str | None = opt(
+        None,
+        "Per-response value whose variance decides: acc (the reward's 'acc', else its score) | score | "
+        "seq_reward | seq_final_reward | any key the reward function returns. null: acc.",
+    )
+    max_num_gen_batches: int = opt(
+        0,
+        "Generation rounds per step at most (0: no cap). At the cap the step trains on the informative "
+        "groups it has (whole mini-batches), warns and counts it.",
+    )
+
+
+@dataclass
 class AlgorithmConfig:
     adv_estimator: str = opt(
         "grpo",
@@ -394,6 +413,9 @@ class AlgorithmConfig:
     kl_ctrl: KLControlConfig = section(KLControlConfig, "KL-in-reward coefficient controller.")
     rollout_correction: RolloutCorrectionConfig = section(
         RolloutCorrectionConfig, "Correction for the rollout engine / trainer mismatch (TIS, MIS)."
+    )
+    filter_groups: FilterGroupsConfig = section(
+        FilterGroupsConfig, "DAPO dynamic sampling: only prompt groups with differing rewards are trained on."
     )
 
 

@@ -260,6 +260,11 @@ def _range_problems(config: Config) -> list[str]:
         ),
         ("algorithm.kl_ctrl.kl_coef", config.algorithm.kl_ctrl.kl_coef >= 0, ">= 0"),
         (
+            "algorithm.filter_groups.max_num_gen_batches",
+            config.algorithm.filter_groups.max_num_gen_batches >= 0,
+            ">= 0 (0: no cap)",
+        ),
+        (
             "reward_model.max_error_fraction",
             0 <= config.reward_model.max_error_fraction <= 1,
             "in [0, 1] (1: never stop)",

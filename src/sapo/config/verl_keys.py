@@ -2,7 +2,7 @@
 verl's own infrastructure (ignored, and reported as such at start-up).
 
 A key that changes what is optimised is never ignored. Where a verl key is harmless only at one value
-(``lora_rank=0``, ``critic_warmup=0``, ``filter_groups.enable=false``), it is listed with that value: any
+(``lora_rank=0``, ``critic_warmup=0``), it is listed with that value: any
 other value is an error naming the key.
 
 Patterns use ``fnmatch`` syntax on the dotted key: ``*`` matches anything, dots included.
@@ -188,7 +188,6 @@ IGNORED_KEYS: tuple[IgnoredKey, ...] = (
         "data.gen_batch_size", "no DAPO group filtering, so prompts generated = train_batch_size", (None,)
     ),
     # --- algorithm switches that are harmless only when off
-    IgnoredKey("algorithm.filter_groups.enable", "DAPO dynamic sampling is not supported", (False,)),
     IgnoredKey("algorithm.use_pf_ppo", "PF-PPO is not supported", (False,)),
     IgnoredKey(
         "reward_model.enable", "model-based reward is not supported; rewards are functions", (False, None)

@@ -39,15 +39,4 @@ def gather_rewards(world: World, local: RewardResult) -> RewardResult:
     """One RewardResult for the whole batch, samples in rank order."""
     if world.size == 1:
         return local
-    parts: list[RewardResult] = world.gather_objects(local)
-    keys = sorted({key for part in parts for key in part.extra_info})
-    return RewardResult(
-        scores=[s for part in parts for s in part.scores],
-        extra_info={
-            key: [v for part in parts for v in part.extra_info.get(key, [None] * len(part.scores))]
-            for key in keys
-        },
-        failed=[f for part in parts for f in part.failed],
-        num_timeouts=sum(part.num_timeouts for part in parts),
-        failure_messages=[m for part in parts for m in part.failure_messages],
-    )
+    return RewardResult.concat(world.gather_objects(local))

@@ -59,6 +59,21 @@ class RewardResult:
     def num_failures(self) -> int:
         return sum(self.failed)
 
+    @classmethod
+    def concat(cls, parts: list[RewardResult]) -> RewardResult:
+        """One result of ``parts``' samples in order (a key one part lacks is None for its samples)."""
+        keys = sorted({key for part in parts for key in part.extra_info})
+        return cls(
+            scores=[s for part in parts for s in part.scores],
+            extra_info={
+                key: [v for part in parts for v in part.extra_info.get(key, [None] * len(part.scores))]
+                for key in keys
+            },
+            failed=[f for part in parts for f in part.failed],
+            num_timeouts=sum(part.num_timeouts for part in parts),
+            failure_messages=[m for part in parts for m in part.failure_messages],
+        )
+
     def metrics(self) -> dict[str, float]:
         return {"reward/failures": float(self.num_failures), "reward/timeouts": float(self.num_timeouts)}
 

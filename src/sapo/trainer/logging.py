@@ -111,7 +111,9 @@ class MetricsLogger:
             truncate_metrics(self.metrics_path, after_step=resume_step)
         self._jsonl = self.metrics_path.open("a")
         self._tensorboard = (
-            _open_tensorboard(self.run_dir / TENSORBOARD_DIR, resume_step) if "tensorboard" in loggers else None
+            _open_tensorboard(self.run_dir / TENSORBOARD_DIR, resume_step)
+            if "tensorboard" in loggers
+            else None
         )
         self._wandb = (
             _open_wandb(self.run_dir, project, experiment, config, resume_step)

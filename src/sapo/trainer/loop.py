@@ -3,7 +3,9 @@
 Per step:
 
 1. take ``data.train_batch_size`` prompts from the resumable sampler;
-2. generate ``rollout.n`` responses for each and score them (:mod:`sapo.trainer.rollout_step`);
+2. generate ``rollout.n`` responses for each and score them (:mod:`sapo.trainer.rollout_step`); with
+   ``algorithm.filter_groups.enable``, drop groups whose rewards all agree and refill from the sampler
+   (DAPO dynamic sampling, :mod:`sapo.trainer.dynamic_sampling`);
 3. recompute ``old_log_prob`` with the trainer, unless it is provably identical to the log-prob the
    first mini-batch will compute (one mini-batch, one epoch, no KL in the reward, no rollout correction or
    log-prob gap guard), or ``algorithm.rollout_correction.bypass_mode`` takes the rollout's log-probs; stop
@@ -54,6 +56,7 @@ from sapo.trainer.correction import (
     needs_trainer_old_log_prob,
 )
 from sapo.trainer.critic import compute_values, update_critic
+from sapo.trainer.dynamic_sampling import collect
 from sapo.trainer.generations import (
     append_val_generations,
     dump_generations,
@@ -161,12 +164,8 @@ def training_step(run: TrainingRun) -> dict[str, float]:
     timing: dict[str, float] = {}
     start = time.perf_counter()
     epoch_before = run.sampler.epoch
-    items = [run.train_set[i] for i in run.sampler.next_batch(run.config.data.train_batch_size)]
-    seeds = rollout_seeds(run.config.trainer.seed, TRAIN_STREAM, run.global_step, range(len(items)))
     with _timer(timing, "gen"):
-        scored = generate_and_score(
-            run.engine, run.tokenizer, run.reward, items, run.sampling, seeds=seeds, world=run.world
-        )
+        scored, sampling_metrics = _rollout(run)
     batch = scored.batch
     correction_config = run.config.algorithm.rollout_correction
     if not run.config.actor_rollout_ref.rollout.calculate_log_probs:
@@ -214,6 +213,7 @@ def training_step(run: TrainingRun) -> dict[str, float]:
     timing["step"] = time.perf_counter() - start
     metrics = {**batch_metrics(batch, timing), **reward_metrics, **critic_metrics, **actor_metrics}
     metrics.update(scored.reward.metrics())
+    metrics.update(sampling_metrics)
     metrics.update(_overlong_metrics(run, scored.reward))
     if run.config.trainer.rollout_data_dir and run.world.is_main:
         records = generation_records(scored, run.global_step, batch.advantages, batch.response_mask)
@@ -240,6 +240,30 @@ def training_step(run: TrainingRun) -> dict[str, float]:
     metrics["training/global_step"] = run.global_step
     metrics["training/epoch"] = epoch_before
     return metrics
+
+
+def _rollout(run: TrainingRun):
+    """Step 2: ``train_batch_size`` prompts from the sampler, generated and scored; with
+    ``algorithm.filter_groups.enable``, DAPO's refill rounds (`sapo.trainer.dynamic_sampling`). Returns
+    the rollout and its dynamic-sampling metrics."""
+    batch_size = run.config.data.train_batch_size
+
+    def generate(round_: int):
+        items = [run.train_set[i] for i in run.sampler.next_batch(batch_size)]
+        positions = range(round_ * batch_size, (round_ + 1) * batch_size)  # a refill never repeats seeds
+        seeds = rollout_seeds(run.config.trainer.seed, TRAIN_STREAM, run.global_step, positions)
+        return generate_and_score(
+            run.engine, run.tokenizer, run.reward, items, run.sampling, seeds=seeds, world=run.world
+        )
+
+    filter_groups = run.config.algorithm.filter_groups
+    if not filter_groups.enable:
+        return generate(0), {}
+    pad_token_id = run.tokenizer.pad_token_id if run.tokenizer.pad_token_id is not None else 0
+    mini_batch_prompts = run.config.actor_rollout_ref.actor.ppo_mini_batch_size
+    return collect(
+        generate, batch_size, mini_batch_prompts, filter_groups, pad_token_id, warn=run.world.is_main
+    )
 
 
 def _update(run: TrainingRun, batch, correction, timing) -> tuple[dict, dict]:
