@@ -79,11 +79,11 @@ def _model_config(config: Config) -> tuple[dict | None, list[str]]:
     path = config.actor_rollout_ref.model.path
     if path is None or not Path(path).exists():
         return None, []
-    from sapo.models.loading import _check_model_dir, _check_weights
+    from sapo.models.loading import check_model_dir, check_weights
 
     try:
-        model_config = _check_model_dir(Path(path))
-        _check_weights(Path(path))
+        model_config = check_model_dir(Path(path))
+        check_weights(Path(path))
     except UserError as err:
         return None, [str(err)]
     return model_config, []
@@ -125,7 +125,7 @@ def check_context(config: Config, context: int | None, datasets: dict) -> None:
     for key, dataset in datasets.items():
         if dataset is None or len(dataset) == 0:
             continue
-        longest = max(len(dataset[i]["prompt_ids"]) for i in range(len(dataset)))
+        longest = max(dataset.prompt_lengths())
         if longest + response <= context:
             continue
         fixes = []

@@ -129,6 +129,10 @@ class RLDataset:
     def __len__(self) -> int:
         return len(self._rows)
 
+    def prompt_lengths(self) -> list[int]:
+        """Each prompt's token count, as the rollout engine receives it."""
+        return [len(ids) for ids in self._prompt_ids]
+
     def data_sources(self) -> list[str]:
         """The distinct values of the ``reward_fn_key`` column, in order of first appearance."""
         return list(dict.fromkeys(str(row[self.reward_fn_key]) for row in self._rows))

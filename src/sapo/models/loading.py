@@ -23,7 +23,7 @@ from sapo.errors import UserError
 from sapo.models.dtypes import resolve_dtype
 
 
-def _check_model_dir(path: Path) -> dict:
+def check_model_dir(path: Path) -> dict:
     """The parsed config.json of ``path``; a UserError when the directory or its config is missing."""
     if not path.exists():
         raise UserError(
@@ -52,7 +52,7 @@ _WEIGHT_FILES = (
 )
 
 
-def _check_weights(path: Path) -> None:
+def check_weights(path: Path) -> None:
     """A UserError when ``path`` has no weights file, or a safetensors file whose header cannot be read
     (a truncated copy: the header says how long the file must be, so this costs one small read)."""
     if not any((path / name).is_file() for name in _WEIGHT_FILES):
@@ -210,8 +210,8 @@ def load_model_and_tokenizer(
     """
     path = Path(path).expanduser()
     torch_dtype = resolve_dtype(dtype)
-    config_json = _check_model_dir(path)
-    _check_weights(path)
+    config_json = check_model_dir(path)
+    check_weights(path)
     native = _native_reason(config_json, impl) is None
     if not native:
         _check_causal_lm(path, config_json)

@@ -59,6 +59,16 @@ class RewardResult:
     def num_failures(self) -> int:
         return sum(self.failed)
 
+    def select(self, rows: list[int]) -> RewardResult:
+        """The result of the samples ``rows``, in that order (batch-level counts and messages kept)."""
+        return RewardResult(
+            scores=[self.scores[row] for row in rows],
+            extra_info={key: [values[row] for row in rows] for key, values in self.extra_info.items()},
+            failed=[self.failed[row] for row in rows] if self.failed else [],
+            num_timeouts=self.num_timeouts,
+            failure_messages=list(self.failure_messages),
+        )
+
     @classmethod
     def concat(cls, parts: list[RewardResult]) -> RewardResult:
         """One result of ``parts``' samples in order (a key one part lacks is None for its samples)."""

@@ -77,18 +77,11 @@ def select_groups(scored: ScoredRollout, groups: list[int]) -> ScoredRollout:
     rows = [row for group in groups for row in rows_of[group]]
     batch = scored.batch.select(rows)
     batch.group_index = torch.tensor([renumber[index[row]] for row in rows], dtype=torch.long)
-    reward = scored.reward
     return ScoredRollout(
         batch=batch,
         items=[scored.items[row] for row in rows],
         responses=[scored.responses[row] for row in rows],
-        reward=RewardResult(
-            scores=[reward.scores[row] for row in rows],
-            extra_info={key: [values[row] for row in rows] for key, values in reward.extra_info.items()},
-            failed=[reward.failed[row] for row in rows] if reward.failed else [],
-            num_timeouts=reward.num_timeouts,
-            failure_messages=list(reward.failure_messages),
-        ),
+        reward=scored.reward.select(rows),
     )
 
 

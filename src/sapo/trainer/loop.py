@@ -8,16 +8,17 @@ Per step:
    (DAPO dynamic sampling, :mod:`sapo.trainer.dynamic_sampling`);
 3. recompute ``old_log_prob`` with the trainer, unless it is provably identical to the log-prob the
    first mini-batch will compute (one mini-batch, one epoch, no KL in the reward, no rollout correction or
-   log-prob gap guard), or ``algorithm.rollout_correction.bypass_mode`` takes the rollout's log-probs; stop
-   the run if it is further than ``rollout.max_logprob_gap`` from the rollout's; compute the rollout
-   correction (IS weights, rejection mask: :mod:`sapo.core.rollout_correction`) on the whole batch;
+   log-prob gap guard), or ``algorithm.rollout_correction.bypass_mode`` takes the rollout's log-probs;
 4. ``ref_log_prob`` when a KL term is on, critic ``values`` for ``gae``;
 5. token rewards (``scores - beta * KL`` with ``algorithm.use_kl_in_reward``) and advantages
-   (``algorithm.adv_estimator``); a NaN / Inf in any of the batch's per-token values skips step 6, and
-   ``trainer.max_nonfinite_steps`` such steps in a row stop the run (`sapo.trainer.nonfinite`);
-6. update the actor (:mod:`sapo.trainer.actor`; rejected tokens out of its mask, IS weights on its
+   (``algorithm.adv_estimator``); a NaN / Inf in any of the batch's per-token values skips steps 6 and 7,
+   and ``trainer.max_nonfinite_steps`` such steps in a row stop the run (`sapo.trainer.nonfinite`);
+6. stop the run if ``old_log_prob`` is further than ``rollout.max_logprob_gap`` from the rollout's;
+   compute the rollout correction (IS weights, rejection mask: :mod:`sapo.core.rollout_correction`) on
+   the whole batch;
+7. update the actor (:mod:`sapo.trainer.actor`; rejected tokens out of its mask, IS weights on its
    loss; advantages and the critic see the whole mask) and the critic, then step the learning-rate schedules;
-7. log; validate every ``trainer.test_freq`` steps; checkpoint every ``trainer.save_freq`` steps, when
+8. log; validate every ``trainer.test_freq`` steps; checkpoint every ``trainer.save_freq`` steps, when
    ``trainer.save_every_minutes`` have passed since the last save, and after a SIGTERM / SIGINT, which
    then ends the run (`sapo.trainer.stopping`).
 
@@ -25,7 +26,7 @@ At the end: a last validation and checkpoint, and the policy exported as a Huggi
 
 The same function runs in every process of a multi-process run (`sapo.distributed`, docs/distributed.md):
 each rank generates its share of the prompts, with sampling seeds from the prompt's place in the batch
-and the step (never the rank); the batch is gathered whole on every rank, so steps 3-5 compute the
+and the step (never the rank); the batch is gathered whole on every rank, so steps 3-6 compute the
 single-process numbers; every forward/backward pass takes the rank's share of its rows; rank 0 writes.
 """
 
@@ -160,7 +161,7 @@ def _every(freq: int, step: int) -> bool:
 
 
 def training_step(run: TrainingRun) -> dict[str, float]:
-    """Steps 1-6 of the module docstring for one batch of prompts; returns the step's metrics."""
+    """Steps 1-7 of the module docstring for one batch of prompts; returns the step's metrics."""
     timing: dict[str, float] = {}
     start = time.perf_counter()
     epoch_before = run.sampler.epoch
@@ -178,11 +179,6 @@ def training_step(run: TrainingRun) -> dict[str, float]:
             batch.old_log_prob = compute_log_probs(
                 run.policy, batch, run.log_prob_micro, temperature, run.log_prob_max_tokens, run.world
             )
-    reads_rollout = correction_config.bypass_mode or batch_correction_on(correction_config)
-    correction = None
-    if not nonfinite_sources(batch, reads_rollout):  # else the guard below skips the step
-        check_logprob_gap(batch, run.config.actor_rollout_ref.rollout.max_logprob_gap)
-        correction = batch_correction(batch, correction_config)
     if run.reference is not None:
         with _timer(timing, "ref"):
             batch.ref_log_prob = compute_log_probs(
@@ -197,9 +193,12 @@ def training_step(run: TrainingRun) -> dict[str, float]:
     with _timer(timing, "adv"):
         reward_metrics, seq_kl = _rewards_and_advantages(run, batch)
     # the non-finite guard (sapo.trainer.nonfinite): the whole batch is on every rank, so all skip alike
+    reads_rollout = correction_config.bypass_mode or batch_correction_on(correction_config)
     nonfinite = nonfinite_sources(batch, reads_rollout)
-    critic_metrics, actor_metrics = {}, {}
+    critic_metrics, actor_metrics, correction = {}, {}, None
     if not nonfinite:
+        check_logprob_gap(batch, run.config.actor_rollout_ref.rollout.max_logprob_gap)
+        correction = batch_correction(batch, correction_config)
         if run.kl_ctrl is not None:  # n_steps counts sequences, as verl's apply_kl_penalty passes
             run.kl_ctrl.update(seq_kl, n_steps=batch.num_sequences)
         critic_metrics, actor_metrics = _update(run, batch, correction, timing)
@@ -267,7 +266,7 @@ def _rollout(run: TrainingRun):
 
 
 def _update(run: TrainingRun, batch, correction, timing) -> tuple[dict, dict]:
-    """Step 6's updates: the critic on the whole mask, the actor on its view (rejected tokens out of its
+    """Step 7's updates: the critic on the whole mask, the actor on its view (rejected tokens out of its
     mask, IS weights on its loss); their metrics."""
     with _timer(timing, "update_critic"):
         critic_metrics = (

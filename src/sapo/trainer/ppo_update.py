@@ -115,7 +115,7 @@ def _optimizer_step(model, optimizer, mini: Batch, schedule: UpdateSchedule, mic
             (loss * 0.0).backward()
             continue
         (loss * world.size).backward()  # FSDP averages over ranks; the losses are already global
-        nonfinite_losses += 0 if bool(torch.isfinite(loss.detach())) else 1
+        nonfinite_losses += int(not torch.isfinite(loss.detach()))
         per_micro.append((metrics, float(micro.response_mask.sum())))  # tokens: its means' weight
         for name, value in terms.items():
             term_sums[name] += value  # globally normalised terms add up to the mini-batch's value

@@ -165,11 +165,7 @@ def start_run(config: Config, *, quiet: bool = False) -> TrainingRun:
         path=data.tokenizer,  # resolved: null there means actor_rollout_ref.model.tokenizer_path
         chat_template=config.actor_rollout_ref.model.custom_chat_template,
     )
-    train_set = build_dataset(train_files, models.tokenizer, config, data.train_max_samples)
-    val_set = build_dataset(val_files, models.tokenizer, config, data.val_max_samples) if val_files else None
-    datasets = {"data.train_files": train_set, "data.val_files": val_set}
-    check_scorers(config, datasets)
-    check_context(config, engine_context(config, models.rollout_model), datasets)
+    train_set, val_set = _load_datasets(config, models, train_files, val_files)
     schedule = training_schedule(config, len(train_set))
     total_steps = schedule["total_training_steps"]
     seed_everything(trainer.seed)  # the same random streams whether or not a warm start just ran
@@ -280,6 +276,18 @@ def _attach_critic(run: TrainingRun, models, total_steps: int) -> None:
         run.critic.parameters(), critic_cfg.optim, total_steps
     )
     run.critic_settings = settings.critic_settings(config)
+
+
+def _load_datasets(config: Config, models, train_files, val_files):
+    """The train and validation sets (None without validation files), checked for what the first step
+    would otherwise fail on: a data source without a scorer, a prompt too long for the model's context."""
+    data = config.data
+    train_set = build_dataset(train_files, models.tokenizer, config, data.train_max_samples)
+    val_set = build_dataset(val_files, models.tokenizer, config, data.val_max_samples) if val_files else None
+    datasets = {"data.train_files": train_set, "data.val_files": val_set}
+    check_scorers(config, datasets)
+    check_context(config, engine_context(config, models.rollout_model), datasets)
+    return train_set, val_set
 
 
 def _prepare_run_dir(config: Config, run_dir: Path) -> None:
